@@ -1,0 +1,471 @@
+"""WKD-L (SPEC §1): the fast shared-kernel form against a per-sample oracle and POT, numerics, errors, plug-in."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wkd_lightning.losses import WKDLogit, load_cost, sharpen_cost, uniform_cost, wkd_logit_loss
+from wkd_lightning.losses.base import DistillationContext
+from wkd_lightning.losses.schedule import CosineDecay
+from wkd_lightning.losses.sinkhorn import (
+    MAX_STABLE_COST_OVER_EPS,
+    gibbs_kernel,
+    initial_scaling,
+    kernel_underflows,
+    sinkhorn_cost,
+    sinkhorn_cost_stable,
+    sinkhorn_plan,
+)
+
+from .reference_wkd_logit import reference_sinkhorn_plan, reference_wkd_logit_loss, reference_wkd_logit_loss_batched
+
+
+def _random_cost(num_classes: int, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Symmetric non-negative cost with a zero diagonal."""
+    d = torch.rand(num_classes, num_classes, generator=generator) * scale
+    d = (d + d.t()) / 2
+    return d.fill_diagonal_(0.0)
+
+
+def _cost(kind: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    if kind == "uniform":
+        return uniform_cost(num_classes)
+    if kind == "random":
+        return _random_cost(num_classes, generator)
+    return sharpen_cost(_random_cost(num_classes, generator, scale=3.0), kappa=2.0)
+
+
+def _inputs(batch: int, num_classes: int, seed: int = 0, scale: float = 3.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z_s = (torch.randn(batch, num_classes, generator=g, dtype=dtype) * scale).requires_grad_()
+    z_t = torch.randn(batch, num_classes, generator=g, dtype=dtype) * scale
+    y = torch.randint(0, num_classes, (batch,), generator=g)
+    return z_s, z_t, y, g
+
+
+def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    """Elementwise ``|actual − expected| ≤ rel · max|expected|`` (relative to the tensor's scale)."""
+    scale = float(expected.abs().max())
+    err = float((actual - expected).abs().max())
+    assert err <= rel * scale + 1e-30, f"max abs error {err:.3g} vs scale {scale:.3g} (allowed {rel:g} relative)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fast form equals the per-sample released algorithm.
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 10, 100, 1000])
+@pytest.mark.parametrize("cost_kind", ["uniform", "random", "sharpened"])
+def test_fast_form_matches_per_sample_reference(num_classes: int, cost_kind: str) -> None:
+    batch = 2 if num_classes == 1000 else 6
+    temperatures = [2.0] if num_classes == 1000 else [1.0, 2.0, 4.0, 8.0]
+    z_s, z_t, y, g = _inputs(batch, num_classes, seed=num_classes)
+    cost = _cost(cost_kind, num_classes, g)
+    for temperature in temperatures:
+        l_t, w = wkd_logit_loss(z_s, z_t, y, cost, temperature)
+        (grad,) = torch.autograd.grad(l_t + 7.0 * w, z_s)
+        l_t_ref, w_ref = reference_wkd_logit_loss(z_s, z_t, y, cost, temperature)
+        (grad_ref,) = torch.autograd.grad(l_t_ref + 7.0 * w_ref, z_s)
+        assert l_t.dtype == w.dtype == torch.float32
+        _assert_rel_close(l_t.detach(), l_t_ref.detach(), 1e-5)
+        _assert_rel_close(w.detach(), w_ref.detach(), 1e-5)
+        _assert_rel_close(grad, grad_ref, 1e-5)
+        # The WD term on its own (its gradient is small next to L_t's).
+        (grad_w,) = torch.autograd.grad(wkd_logit_loss(z_s, z_t, y, cost, temperature)[1], z_s)
+        (grad_w_ref,) = torch.autograd.grad(reference_wkd_logit_loss(z_s, z_t, y, cost, temperature)[1], z_s)
+        _assert_rel_close(grad_w, grad_w_ref, 1e-5)
+
+
+def test_batched_reference_matches_loop_reference() -> None:
+    z_s, z_t, y, g = _inputs(5, 9, seed=2, dtype=torch.float64)
+    cost = _cost("sharpened", 9, g).double()
+    loop = reference_wkd_logit_loss(z_s, z_t, y, cost, 2.0)
+    batched = reference_wkd_logit_loss_batched(z_s, z_t, y, cost, 2.0)
+    for x, x_ref in zip(batched, loop, strict=True):
+        torch.testing.assert_close(x, x_ref, rtol=1e-12, atol=0)
+    grads = [torch.autograd.grad(sum(terms), z_s)[0] for terms in (batched, loop)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-15)
+
+
+def test_fast_form_matches_reference_with_other_eps_and_iters() -> None:
+    z_s, z_t, y, g = _inputs(5, 20, seed=3)
+    cost = _cost("sharpened", 20, g)
+    for eps, iters in [(0.02, 1), (0.1, 3), (0.5, 25)]:
+        w = wkd_logit_loss(z_s, z_t, y, cost, 4.0, sinkhorn_eps=eps, sinkhorn_iters=iters)[1]
+        w_ref = reference_wkd_logit_loss(z_s, z_t, y, cost, 4.0, eps=eps, iters=iters)[1]
+        _assert_rel_close(w.detach(), w_ref.detach(), 1e-5)
+
+
+def test_released_stabilizer_terms_are_kept() -> None:
+    """On a problem where the two +1e-8 terms matter, the fast form follows the released (not textbook) iteration."""
+    z_s, z_t, y, g = _inputs(4, 10, seed=10, scale=10.0)
+    cost = sharpen_cost(_random_cost(10, g, scale=3.0), 1.0)
+    w = wkd_logit_loss(z_s, z_t, y, cost, 1.0)[1]
+    (grad,) = torch.autograd.grad(w, z_s)
+    w_ref = reference_wkd_logit_loss(z_s, z_t, y, cost, 1.0)[1]
+    (grad_ref,) = torch.autograd.grad(w_ref, z_s)
+    w_textbook = reference_wkd_logit_loss(z_s, z_t, y, cost, 1.0, stabilizer=0.0)[1]
+    (grad_textbook,) = torch.autograd.grad(w_textbook, z_s)
+    _assert_rel_close(grad, grad_ref, 1e-5)
+    assert float((grad_textbook - grad_ref).abs().max()) > 1e-3 * float(grad_ref.abs().max())
+    assert abs(float(w_textbook.detach() - w_ref.detach())) > 1e-4 * abs(float(w_ref.detach()))
+
+
+def test_plan_matches_reference_and_has_zero_target_row_and_column() -> None:
+    num_classes, batch = 7, 3
+    z_s, z_t, y, g = _inputs(batch, num_classes, seed=5)
+    cost_m = torch.relu(_cost("random", num_classes, g)) + 1e-8
+    mask = F.one_hot(y, num_classes).bool()
+    a = F.softmax((z_s.detach() / 2).masked_fill(mask, -math.inf), dim=1)
+    b = F.softmax((z_t / 2).masked_fill(mask, -math.inf), dim=1)
+    kernel, kernel_cost = gibbs_kernel(cost_m, 0.05)
+    plan = sinkhorn_plan(a, b, initial_scaling(mask), kernel, 10)
+    w = sinkhorn_cost(a, b, initial_scaling(mask), kernel, kernel_cost, 10)
+    for k in range(batch):
+        keep = torch.tensor([c for c in range(num_classes) if c != int(y[k])])
+        assert torch.all(plan[k, int(y[k])] == 0) and torch.all(plan[k, :, int(y[k])] == 0)
+        ref = reference_sinkhorn_plan(a[k, keep], b[k, keep], cost_m[keep][:, keep], 0.05, 10)
+        torch.testing.assert_close(plan[k][keep][:, keep], ref, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(w, (plan * cost_m).sum(dim=(1, 2)), rtol=1e-5, atol=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradients in float64.
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_gradcheck_float64(num_classes: int) -> None:
+    z_s, z_t, y, g = _inputs(3, num_classes, seed=11, scale=1.5, dtype=torch.float64)
+    cost = _cost("random", num_classes, g).double()
+
+    def fn(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return wkd_logit_loss(logits, z_t, y, cost, 2.0, sinkhorn_eps=0.1)
+
+    assert fn(z_s)[0].dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, (z_s,))
+
+
+def test_gradcheck_float64_stabilised_path() -> None:
+    num_classes = 4
+    z_s, z_t, y, g = _inputs(3, num_classes, seed=12, scale=1.5, dtype=torch.float64)
+    cost = _random_cost(num_classes, g, scale=12.0).double()  # max/eps > 87: the stabilised path
+    assert kernel_underflows(torch.relu(cost) + 1e-8, 0.05)
+    assert torch.autograd.gradcheck(lambda logits: wkd_logit_loss(logits, z_t, y, cost, 2.0)[1], (z_s,))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Against POT when run to convergence without the +1e-8 terms.
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_converged_sinkhorn_matches_pot(stable: bool) -> None:
+    num_classes, batch, eps, temperature = 8, 4, 0.1, 2.0
+    z_s, z_t, y, g = _inputs(batch, num_classes, seed=21, dtype=torch.float64)
+    cost_m = torch.relu(_cost("sharpened", num_classes, g).double()) + 1e-8
+    mask = F.one_hot(y, num_classes).bool()
+    log_a = F.log_softmax((z_s.detach() / temperature).masked_fill(mask, -math.inf), dim=1)
+    log_b = F.log_softmax((z_t / temperature).masked_fill(mask, -math.inf), dim=1)
+    u0 = initial_scaling(mask, torch.float64)
+    iters = 3000
+    if stable:
+        w = sinkhorn_cost_stable(log_a, log_b, u0, cost_m, eps, iters, stabilizer=0.0)
+    else:
+        kernel, kernel_cost = gibbs_kernel(cost_m, eps)
+        w = sinkhorn_cost(log_a.exp(), log_b.exp(), u0, kernel, kernel_cost, iters, stabilizer=0.0)
+    for k in range(batch):
+        keep = [c for c in range(num_classes) if c != int(y[k])]
+        a = log_a[k, keep].exp().numpy()
+        b = log_b[k, keep].exp().numpy()
+        m = cost_m[keep][:, keep].numpy()
+        plan = ot.sinkhorn(a, b, m, reg=eps, numItermax=100_000, stopThr=1e-13)
+        np.testing.assert_allclose(plan.sum(axis=1), a, rtol=1e-9)  # POT converged
+        assert float(w[k]) == pytest.approx(float(np.sum(plan * m)), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The target term, labels, precision.
+
+
+def test_target_term_by_hand_and_teacher_gets_no_gradient() -> None:
+    z_s = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], requires_grad=True)
+    z_t = torch.tensor([[1.0, 2.0, 0.0], [0.5, -0.5, 2.5]], requires_grad=True)
+    y = torch.tensor([0, 2])
+    l_t, w = wkd_logit_loss(z_s, z_t, y, uniform_cost(3), 2.0)
+    p_t = [
+        math.exp(1.0) / (math.exp(1.0) + math.exp(2.0) + 1.0),
+        math.exp(2.5) / (math.exp(0.5) + math.exp(-0.5) + math.exp(2.5)),
+    ]
+    log_p_s = [
+        2.0 - math.log(math.exp(2.0) + math.exp(0.5) + math.exp(-1.0)),
+        3.0 - math.log(1.0 + math.e + math.exp(3.0)),
+    ]
+    expected = -(p_t[0] * log_p_s[0] + p_t[1] * log_p_s[1]) / 2
+    assert float(l_t.detach()) == pytest.approx(expected, rel=1e-6)
+    (l_t + w).backward()
+    assert z_t.grad is None
+    assert z_s.grad is not None and torch.isfinite(z_s.grad).all()
+
+
+def test_soft_targets_use_argmax() -> None:
+    z_s, z_t, y, _ = _inputs(5, 6, seed=31)
+    soft = 0.7 * F.one_hot(y, 6).float() + 0.3 * F.one_hot((y + 1) % 6, 6).float()
+    cost = uniform_cost(6)
+    hard_terms = wkd_logit_loss(z_s, z_t, y, cost, 2.0)
+    soft_terms = wkd_logit_loss(z_s, z_t, soft, cost, 2.0)
+    for hard, soft_term in zip(hard_terms, soft_terms, strict=True):
+        assert torch.equal(hard, soft_term)
+
+
+def test_bf16_autocast_computes_in_fp32() -> None:
+    z_s, z_t, y, g = _inputs(4, 10, seed=41)
+    cost = _cost("sharpened", 10, g)
+    z_s16, z_t16 = z_s.detach().bfloat16().requires_grad_(), z_t.bfloat16()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        l_t, w = wkd_logit_loss(z_s16, z_t16, y, cost, 2.0)
+    assert l_t.dtype == w.dtype == torch.float32
+    z_up = z_s16.detach().float().requires_grad_()
+    l_t32, w32 = wkd_logit_loss(z_up, z_t16.float(), y, cost, 2.0)
+    torch.testing.assert_close(l_t, l_t32, rtol=0, atol=0)
+    torch.testing.assert_close(w, w32, rtol=0, atol=0)
+    (l_t + w).backward()
+    (l_t32 + w32).backward()
+    assert z_s16.grad is not None and z_s16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(z_s16.grad, z_up.grad.bfloat16())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stabilised path for kernels that underflow in fp32.
+
+
+def test_stable_path_equals_plain_path_where_both_are_valid() -> None:
+    num_classes, batch = 30, 5
+    z_s, z_t, y, g = _inputs(batch, num_classes, seed=51)
+    mask = F.one_hot(y, num_classes).bool()
+    u0 = initial_scaling(mask)
+    for scale in [1.0, 3.0]:  # max M/eps up to 60: fine in fp32
+        cost_m = torch.relu(_random_cost(num_classes, g, scale=scale)) + 1e-8
+        assert not kernel_underflows(cost_m, 0.05)
+        kernel, kernel_cost = gibbs_kernel(cost_m, 0.05)
+        log_a = F.log_softmax((z_s / 2).masked_fill(mask, -math.inf), dim=1)
+        log_b = F.log_softmax((z_t / 2).masked_fill(mask, -math.inf), dim=1)
+        w_plain = sinkhorn_cost(log_a.exp(), log_b.exp(), u0, kernel, kernel_cost, 10)
+        w_stable = sinkhorn_cost_stable(log_a, log_b, u0, cost_m, 0.05, 10)
+        assert w_stable.dtype == torch.float32
+        (g_plain, g_stable) = (torch.autograd.grad(w.sum(), z_s, retain_graph=True)[0] for w in (w_plain, w_stable))
+        _assert_rel_close(w_stable.detach(), w_plain.detach(), 1e-5)
+        _assert_rel_close(g_stable, g_plain, 1e-5)
+
+
+def test_unsharpened_large_costs_switch_to_stable_path_and_match_fp64_reference() -> None:
+    z_s, z_t, y, g = _inputs(4, 12, seed=61)
+    cost = _random_cost(12, g, scale=10.0)
+    assert kernel_underflows(torch.relu(cost) + 1e-8, 0.05)
+    w = wkd_logit_loss(z_s, z_t, y, cost, 2.0)[1]
+    (grad,) = torch.autograd.grad(w, z_s)
+    z64 = z_s.detach().double().requires_grad_()
+    w_ref = reference_wkd_logit_loss(z64, z_t.double(), y, cost.double(), 2.0)[1]
+    (grad_ref,) = torch.autograd.grad(w_ref, z64)
+    _assert_rel_close(w.detach().double(), w_ref.detach(), 1e-5)
+    _assert_rel_close(grad.double(), grad_ref, 1e-4)
+
+
+@pytest.mark.parametrize("cost_scale", [5.0, 10.0])
+@pytest.mark.parametrize("logit_scale", [1.0, 1e2, 1e4])
+def test_stable_path_is_finite_for_large_costs_and_extreme_logits(cost_scale: float, logit_scale: float) -> None:
+    num_classes = 50
+    z_s, z_t, y, g = _inputs(8, num_classes, seed=71, scale=logit_scale)
+    with torch.no_grad():
+        z_s[:, 0] = logit_scale  # confident students and teachers on different classes: extreme marginals
+        z_t[:, 1] = logit_scale
+        z_s.clamp_(-1e4, 1e4)
+        z_t.clamp_(-1e4, 1e4)
+    for cost in (_random_cost(num_classes, g, scale=cost_scale), uniform_cost(num_classes) * cost_scale):
+        l_t, w = wkd_logit_loss(z_s, z_t, y, cost, 2.0)
+        (grad,) = torch.autograd.grad(l_t + 100.0 * w, z_s)
+        assert torch.isfinite(l_t) and torch.isfinite(w) and torch.isfinite(grad).all()
+
+
+def test_stable_path_refuses_costs_beyond_float64() -> None:
+    z_s, z_t, y, _ = _inputs(2, 4, seed=81)
+    cost = uniform_cost(4) * (MAX_STABLE_COST_OVER_EPS * 0.05 * 1.5)
+    with pytest.raises(ValueError, match=r"max\(cost\)/eps = .* exceeds .*kappa > 0"):
+        wkd_logit_loss(z_s, z_t, y, cost, 2.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors.
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"cost": uniform_cost(4)}, r"cost is 4×4 but the logits have C = 5 classes"),
+        ({"cost": torch.ones(5, 4)}, r"square C×C matrix, got shape \(5, 4\)"),
+        (
+            {"cost": uniform_cost(5).index_put_((torch.tensor(0), torch.tensor(1)), torch.tensor(math.nan))},
+            "non-finite",
+        ),
+        ({"cost": uniform_cost(5) - 0.5 * torch.eye(5)}, r"negative diagonal entry \(-0\.5\)"),
+        ({"temperature": 0.0}, r"temperature must be > 0, got 0\.0"),
+        ({"sinkhorn_eps": -0.1}, r"sinkhorn_eps must be > 0, got -0\.1"),
+        ({"sinkhorn_iters": 0}, r"sinkhorn_iters must be an integer >= 1, got 0"),
+        ({"target": torch.tensor([0, 1, 5])}, r"labels must lie in \[0, 5\).*got values in \[0, 5\]"),
+        ({"target": torch.tensor([0, -1, 2])}, r"labels must lie in \[0, 5\)"),
+        ({"teacher_logits": torch.zeros(3, 6)}, r"teacher logits have shape \(3, 6\) but student logits have \(3, 5\)"),
+        ({"target": torch.zeros(3, 4)}, r"soft targets have shape \(3, 4\)"),
+    ],
+)
+def test_errors(change: dict, match: str) -> None:
+    kwargs = {
+        "student_logits": torch.zeros(3, 5),
+        "teacher_logits": torch.zeros(3, 5),
+        "target": torch.tensor([0, 1, 2]),
+        "cost": uniform_cost(5),
+        "temperature": 2.0,
+    }
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=match):
+        wkd_logit_loss(**kwargs)
+
+
+def test_fewer_than_two_classes_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"at least 2 classes.*got C = 1"):
+        wkd_logit_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), torch.zeros(1, 1), 2.0)
+    with pytest.raises(ValueError, match=r"num_classes must be >= 2, got 1"):
+        uniform_cost(1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"temperature": -1.0}, r"WKDLogit: temperature must be > 0, got -1\.0"),
+        ({"sinkhorn_eps": 0.0}, r"WKDLogit: sinkhorn_eps must be > 0"),
+        ({"sinkhorn_iters": 0}, r"WKDLogit: sinkhorn_iters must be an integer >= 1"),
+        ({"kappa": -1.0}, r"WKDLogit: kappa must be a finite number >= 0, got -1\.0"),
+        ({"weight": -2.0}, r"weight must be >= 0, got -2\.0"),
+        ({"cost": torch.ones(3, 4)}, r"square C×C matrix"),
+        ({"cost": 3}, r"cost must be 'uniform', a file path or a C×C tensor, got int"),
+    ],
+)
+def test_plugin_argument_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        WKDLogit(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plug-in.
+
+
+def _ctx(z_s, z_t, y, epoch: int = 1, max_epochs: int = 1) -> DistillationContext:
+    return DistillationContext(student_logits=z_s, teacher_logits=z_t, target=y, epoch=epoch, max_epochs=max_epochs)
+
+
+def test_plugin_terms_weight_and_schedule() -> None:
+    z_s, z_t, y, g = _inputs(6, 10, seed=91)
+    raw = _random_cost(10, g, scale=2.0)
+    loss = WKDLogit(cost=raw, weight=30.0, temperature=4.0, kappa=2.0, schedule=CosineDecay(start_epoch=2))
+    out = loss(_ctx(z_s, z_t, y, epoch=3, max_epochs=4))  # c(3) = ½(1 + cos(π/2)) = ½
+    assert set(out) == {"target", "wd"}
+    l_t, w = wkd_logit_loss(z_s, z_t, y, sharpen_cost(raw, 2.0), 4.0)
+    torch.testing.assert_close(out["target"], l_t, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out["wd"], 15.0 * w, rtol=1e-6, atol=0)
+    early = loss(_ctx(z_s, z_t, y, epoch=2, max_epochs=4))
+    torch.testing.assert_close(early["target"], l_t, rtol=1e-6, atol=0)
+    torch.testing.assert_close(early["wd"], 30.0 * w, rtol=1e-6, atol=0)
+    (out["target"] + out["wd"]).backward()
+    assert z_s.grad is not None and torch.isfinite(z_s.grad).all()
+
+
+def test_plugin_uniform_cost_built_on_first_use_and_checked() -> None:
+    loss = WKDLogit()
+    assert loss.num_classes is None and loss.kernel is None
+    z_s, z_t, y, _ = _inputs(4, 7, seed=92)
+    out = loss(_ctx(z_s, z_t, y))
+    assert loss.num_classes == 7
+    torch.testing.assert_close(
+        out["wd"], 30.0 * wkd_logit_loss(z_s, z_t, y, sharpen_cost(uniform_cost(7), 1.0), 2.0)[1]
+    )
+    z_s8, z_t8, y8, _ = _inputs(4, 8, seed=93)
+    with pytest.raises(ValueError, match=r"cost matrix is 7×7 but the logits have 8 classes"):
+        loss(_ctx(z_s8, z_t8, y8))
+    with pytest.raises(ValueError, match="needs teacher logits"):
+        loss(_ctx(z_s, None, y))
+
+
+def test_plugin_kernel_buffers_are_derived_not_saved_and_follow_the_module() -> None:
+    g = torch.Generator().manual_seed(94)
+    loss = WKDLogit(cost=_random_cost(5, g), sinkhorn_eps=0.1)
+    assert loss.state_dict() == {}
+    names = {name for name, _ in loss.named_buffers()}
+    assert {"kernel", "kernel_cost", "cost_matrix"} <= names
+    kernel, kernel_cost = gibbs_kernel(loss.cost_matrix, 0.1)
+    torch.testing.assert_close(loss.kernel, kernel)
+    torch.testing.assert_close(loss.kernel_cost, kernel_cost)
+    moved = loss.to("meta")
+    assert moved.kernel.device.type == "meta" and moved.kernel_cost.device.type == "meta"
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        loss = WKDLogit(cost=_random_cost(5, g)).cuda()
+        assert loss.kernel.is_cuda
+        z_s, z_t, y, _ = _inputs(3, 5, seed=95)
+        out = loss(_ctx(z_s.cuda(), z_t.cuda(), y.cuda()))
+        assert out["wd"].is_cuda
+
+
+def test_plugin_set_cost_replaces_the_kernel() -> None:
+    z_s, z_t, y, g = _inputs(4, 6, seed=96)
+    loss = WKDLogit(weight=1.0, kappa=1.5)
+    first = loss(_ctx(z_s, z_t, y))["wd"]
+    new = _random_cost(6, g, scale=2.0)
+    loss.set_cost(new)
+    second = loss(_ctx(z_s, z_t, y))["wd"]
+    torch.testing.assert_close(second, wkd_logit_loss(z_s, z_t, y, sharpen_cost(new, 1.5), 2.0)[1])
+    assert not torch.allclose(first, second)
+    loss.set_cost(sharpen_cost(new, 1.5), sharpened=True)
+    torch.testing.assert_close(loss(_ctx(z_s, z_t, y))["wd"], second)
+    with pytest.raises(ValueError, match="non-finite"):
+        loss.set_cost(torch.full((6, 6), math.inf))
+
+
+def test_plugin_large_unsharpened_cost_is_finite() -> None:
+    z_s, z_t, y, g = _inputs(4, 20, seed=97, scale=1e3)
+    loss = WKDLogit(cost=_random_cost(20, g, scale=10.0), kappa=0.0)
+    out = loss(_ctx(z_s, z_t, y))
+    (out["target"] + out["wd"]).backward()
+    assert torch.isfinite(out["wd"]) and torch.isfinite(z_s.grad).all()
+
+
+def test_cost_files(tmp_path) -> None:
+    g = torch.Generator().manual_seed(98)
+    raw = _random_cost(6, g, scale=2.0)
+    plain = tmp_path / "plain.pt"
+    torch.save(raw, plain)
+    torch.testing.assert_close(load_cost(plain, kappa=2.0), sharpen_cost(raw, 2.0))
+    torch.testing.assert_close(load_cost(str(plain), kappa=0.0), raw)
+
+    meta = {"method": "cov_align", "teacher": "resnet32x4", "dataset": "cifar100", "layer": "layer3"}
+    raw_dict = tmp_path / "raw_dict.pt"
+    torch.save({"cost": raw, **meta, "class_names": [str(i) for i in range(6)], "kappa_applied": False}, raw_dict)
+    torch.testing.assert_close(load_cost(raw_dict, kappa=2.0), sharpen_cost(raw, 2.0))
+    done = tmp_path / "sharpened_dict.pt"
+    torch.save({"cost": sharpen_cost(raw, 2.0), **meta, "kappa_applied": True}, done)
+    torch.testing.assert_close(load_cost(done, kappa=2.0), sharpen_cost(raw, 2.0))  # not sharpened twice
+
+    z_s, z_t, y, _ = _inputs(3, 6, seed=99)
+    expected = wkd_logit_loss(z_s, z_t, y, sharpen_cost(raw, 2.0), 2.0)[1]
+    for path in (plain, raw_dict, done, str(done)):
+        loss = WKDLogit(cost=path, weight=1.0, kappa=2.0)
+        assert loss.cost_source == str(path)
+        torch.testing.assert_close(loss(_ctx(z_s, z_t, y))["wd"], expected)
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"matrix": raw}, bad)
+    with pytest.raises(ValueError, match=r"dict without a 'cost' entry \(keys: \['matrix'\]\)"):
+        load_cost(bad)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt.*does not exist.*wkd-ir.*torch\.save"):
+        WKDLogit(cost=str(tmp_path / "missing.pt"))

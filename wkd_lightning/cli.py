@@ -1,0 +1,80 @@
+"""``wkd``: the LightningCLI of the project (``wkd fit|validate|test|predict -c CONFIG.yaml [--key value ...]``).
+
+Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full resolved config), ``metrics.csv``,
+``summary.json`` and ``checkpoints/{best,last}.ckpt`` (best by validation top-1). ``--ckpt_path last`` resumes a
+run. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger in the run directory is always kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from wkd_lightning.module import DistillationModule
+from wkd_lightning.summary import RunSummary
+
+
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    """``<run dir>/checkpoints``; the run dir defaults to the working directory, as in Lightning."""
+    return os.path.join(default_root_dir or os.getcwd(), "checkpoints")
+
+
+class WKDCLI(LightningCLI):
+    """LightningCLI with the project's defaults: best/last checkpoints, run summary, CSV log in the run dir."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/top1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        parser.add_lightning_class_args(RunSummary, "summary")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.model
+        if model.get("teacher") is not None and model.get("teacher_weights") is None:
+            raise ValueError(
+                "the config sets a teacher architecture but no `model.teacher_weights`: a teacher is never used with "
+                "random weights. Pass --model.teacher_weights PATH (e.g. runs/fashion_mnist/teacher/checkpoints/"
+                "best.ckpt after `wkd fit -c configs/fashion_mnist/teacher.yaml`)."
+            )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        logger = kwargs.get("logger", trainer_config.get("logger"))
+        if logger is not False:
+            loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, Iterable) else [logger]
+            if not any(isinstance(x, CSVLogger) for x in loggers):
+                root = trainer_config.get("default_root_dir") or os.getcwd()
+                loggers.insert(0, CSVLogger(save_dir=root, name="", version=""))
+            kwargs["logger"] = loggers
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None) -> WKDCLI:
+    """Entry point of the ``wkd`` console script."""
+    return WKDCLI(
+        DistillationModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

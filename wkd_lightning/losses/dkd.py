@@ -1,0 +1,136 @@
+"""Decoupled knowledge distillation (Zhao et al., CVPR 2022): KD split into target and non-target parts.
+
+With ``p = softmax(z/T)`` and target class ``y``, KD's ``KL(p_t ‖ p_s)`` equals ``TCKD + (1 − p_t,y) · NCKD``, where
+
+- TCKD is the KL between the binary distributions ``b = [p_y, 1 − p_y]`` (target vs. all non-target mass), and
+- NCKD is the KL between the distributions ``p̂`` over the C − 1 non-target classes, renormalised.
+
+DKD drops the coupling factor ``(1 − p_t,y)`` and weights the parts freely: ``α · TCKD + β · NCKD``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels, float32
+from wkd_lightning.losses.schedule import LinearWarmup, WeightSchedule
+
+
+def _binary_and_non_target_log_probs(logits: Tensor, target_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``log b`` (B×2: target, rest) and ``log p̂`` (B×C, 0 at the target) for already temperature-scaled logits.
+
+    Computed with log-sum-exps, so ``log(1 − p_y)`` stays accurate when ``p_y`` is close to 1.
+    """
+    log_z = torch.logsumexp(logits, dim=1, keepdim=True)
+    non_target = logits.masked_fill(target_mask, float("-inf"))
+    log_z_non_target = torch.logsumexp(non_target, dim=1, keepdim=True)
+    log_binary = torch.cat([logits.masked_select(target_mask).unsqueeze(1) - log_z, log_z_non_target - log_z], 1)
+    log_non_target = (non_target - log_z_non_target).masked_fill(target_mask, 0.0)
+    return log_binary, log_non_target
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> tuple[Tensor, Tensor]:
+    """DKD's two terms, already weighted: ``(α · TCKD, β · NCKD)``.
+
+    ``TCKD = T² · mean_b KL(b_t ‖ b_s)`` with ``b = [p_y, 1 − p_y]`` and ``NCKD = T² · mean_b KL(p̂_t ‖ p̂_s)`` with
+    ``p̂`` the softmax of ``z/T`` over the non-target classes (the target logit masked out exactly). Pass
+    ``alpha = beta = 1`` for the raw terms. Computed in fp32; the teacher side is detached.
+
+    Args:
+        student_logits: ``z_s``, B×C.
+        teacher_logits: ``z_t``, B×C.
+        target: B class indices.
+        alpha: ``α``, weight of TCKD.
+        beta: ``β``, weight of NCKD.
+        temperature: ``T``.
+
+    Returns:
+        ``(α · TCKD, β · NCKD)``, two scalars.
+
+    Raises:
+        ValueError: for mismatched shapes, fewer than 2 classes, labels outside ``[0, C)``, ``T ≤ 0`` or negative
+            weights.
+    """
+    if temperature <= 0:
+        raise ValueError(f"dkd_loss: temperature must be > 0, got {temperature}.")
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"dkd_loss: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
+    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape or student_logits.shape[1] < 2:
+        raise ValueError(
+            f"dkd_loss: expected student and teacher logits of the same B×C shape with C >= 2, got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
+        )
+    if target.shape != student_logits.shape[:1]:
+        raise ValueError(
+            f"dkd_loss: expected B = {student_logits.shape[0]} class indices as target, got shape "
+            f"{tuple(target.shape)}. Reduce soft labels with argmax first."
+        )
+    check_labels(target, student_logits.shape[1])
+    target_mask = F.one_hot(target.long(), student_logits.shape[1]).bool()
+    log_b_s, log_p_s = _binary_and_non_target_log_probs(float32(student_logits) / temperature, target_mask)
+    with torch.no_grad():
+        log_b_t, log_p_t = _binary_and_non_target_log_probs(float32(teacher_logits) / temperature, target_mask)
+    scale = temperature**2 / student_logits.shape[0]
+    tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum() * scale
+    # exp(0) = 1 at the masked target entry, but there log_p_t − log_p_s = 0, so it adds nothing.
+    nckd = (log_p_t.exp() * (log_p_t - log_p_s)).sum() * scale
+    return alpha * tckd, beta * nckd
+
+
+class DKD(DistillationLoss):
+    """DKD plug-in: ``{"tckd": c(e)·w·α·TCKD, "nckd": c(e)·w·β·NCKD}`` with a linear warm-up ``c(e)``.
+
+    Soft (B×C) labels are reduced to their argmax.
+
+    Args:
+        alpha: ``α``, weight of TCKD (1.0 in the DKD paper).
+        beta: ``β``, weight of NCKD (8.0 for resnet32x4→resnet8x4 on CIFAR-100; 0.5 on ImageNet).
+        temperature: ``T``.
+        warmup_epochs: epochs of the linear warm-up ``c(e) = min(e / warmup_epochs, 1)`` (20 in the paper); used only
+            when no ``schedule`` is given.
+        weight: overall weight ``w`` of both terms.
+        schedule: replaces the default :class:`~wkd_lightning.losses.schedule.LinearWarmup` schedule.
+    """
+
+    name = "dkd"
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup_epochs: int = 20,
+        weight: float = 1.0,
+        schedule: WeightSchedule | None = None,
+    ) -> None:
+        super().__init__(weight, schedule if schedule is not None else LinearWarmup(warmup_epochs))
+        if temperature <= 0:
+            raise ValueError(f"DKD: temperature must be > 0, got {temperature}.")
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"DKD: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.temperature = float(temperature)
+
+    def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
+        teacher_logits = self.check_same_classes(ctx.student_logits, ctx.teacher_logits, self.name)
+        tckd, nckd = dkd_loss(
+            ctx.student_logits, teacher_logits, ctx.hard_target, self.alpha, self.beta, self.temperature
+        )
+        factor = self.scheduled_weight(ctx)
+        return {"tckd": factor * tckd, "nckd": factor * nckd}
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, weight={self.weight}, "
+            f"schedule={self.schedule!r}"
+        )

@@ -1,0 +1,400 @@
+"""WKD-L: logit distillation with a discrete Wasserstein distance and target separation (SPEC §1).
+
+The WKD-L term added to the student's cross-entropy is ``L_t + γ(e) · W``:
+
+* ``L_t = −(1/B) Σ_b p_t(y_b) · log p_s(y_b)`` (temperature 1, teacher factor detached, never scaled by ``γ``);
+* ``W``, the batch mean of the entropic OT cost between the student's and the teacher's temperature-``τ``
+  distributions over the ``C − 1`` non-target classes, under the category cost ``M = relu(D) + 1e-8`` with the
+  target row and column removed, after exactly ``sinkhorn_iters`` released Sinkhorn iterations (with their two
+  ``+1e-8`` terms).
+
+``W`` is computed with one shared ``C×C`` kernel (see :mod:`wkd_lightning.losses.sinkhorn`); per-sample
+``(C−1)×(C−1)`` problems are never built.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels
+from wkd_lightning.losses.schedule import WeightSchedule
+from wkd_lightning.losses.sinkhorn import (
+    gibbs_kernel,
+    initial_scaling,
+    kernel_underflows,
+    sinkhorn_cost,
+    sinkhorn_cost_stable,
+)
+
+#: Added to ``relu(D)`` so that every cost is strictly positive (released behaviour, SPEC §1.3).
+COST_FLOOR = 1e-8
+
+
+def uniform_cost(num_classes: int) -> Tensor:
+    """The uninformative cost: 1 between any two different classes, 0 on the diagonal (C×C, fp32)."""
+    if num_classes < 2:
+        raise ValueError(f"uniform_cost: num_classes must be >= 2, got {num_classes}.")
+    return 1.0 - torch.eye(num_classes)
+
+
+def sharpen_cost(cost: Tensor, kappa: float) -> Tensor:
+    """``D ← 1 − exp(−κ·D)`` (SPEC §1.3); returned unchanged when ``κ = 0``.
+
+    For ``κ > 0`` this maps costs ``≥ 0`` monotonically into ``[0, 1)``, larger ``κ`` spreading small distances.
+
+    Args:
+        cost: ``D``, a C×C matrix of category distances.
+        kappa: the sharpening factor ``κ``.
+    """
+    if not math.isfinite(kappa) or kappa < 0:
+        raise ValueError(f"sharpen_cost: kappa must be a finite number >= 0, got {kappa}.")
+    if kappa == 0:
+        return cost
+    return 1.0 - torch.exp(-kappa * cost)
+
+
+def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
+    """Load a C×C category-cost matrix saved with ``torch.save`` and sharpen it unless that was already done.
+
+    The file holds either a plain C×C tensor, or a dict with key ``"cost"`` (the C×C tensor) and metadata such as
+    ``"method"``, ``"teacher"``, ``"dataset"``, ``"layer"``, ``"class_names"`` and ``"kappa_applied"``. When
+    ``kappa_applied`` is true the stored matrix is already sharpened and ``kappa`` is ignored.
+
+    Args:
+        path: the file.
+        kappa: the sharpening factor ``κ`` applied by :func:`sharpen_cost` (0 disables it).
+
+    Returns:
+        The (sharpened) C×C cost matrix in fp32 on the CPU.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file holds something else, or the matrix is not a finite square matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"WKD-L cost file {str(path)!r} does not exist. Cost files are written by the IR tool (`wkd-ir`, coming) "
+            "or by `torch.save(D, path)` of a C×C tensor of category distances; or pass cost='uniform'."
+        )
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    kappa_applied = False
+    if isinstance(obj, dict):
+        if "cost" not in obj:
+            raise ValueError(
+                f"WKD-L cost file {str(path)!r} holds a dict without a 'cost' entry (keys: {sorted(map(str, obj))}); "
+                "expected a C×C tensor or a dict {'cost': C×C tensor, ...metadata}."
+            )
+        kappa_applied = bool(obj.get("kappa_applied", False))
+        obj = obj["cost"]
+    if not isinstance(obj, Tensor):
+        raise ValueError(
+            f"WKD-L cost file {str(path)!r} holds a {type(obj).__name__}; expected a C×C tensor or a dict "
+            "{'cost': C×C tensor, ...metadata}."
+        )
+    cost = _check_cost(obj.float(), None, f"WKD-L cost file {str(path)!r}")
+    return cost if kappa_applied else sharpen_cost(cost, kappa)
+
+
+def wkd_logit_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    cost: Tensor,
+    temperature: float,
+    *,
+    sinkhorn_eps: float = 0.05,
+    sinkhorn_iters: int = 10,
+) -> tuple[Tensor, Tensor]:
+    """The two WKD-L terms ``(L_t, W)`` (SPEC §1), both batch means, computed in fp32 even under autocast.
+
+    Gradients flow into the student logits only. When ``exp(−M/ε)`` underflows in fp32 (``max M/ε ≳ 87``, e.g.
+    unsharpened costs above ≈ 4.4 at ``ε = 0.05``) the Sinkhorn iterations switch automatically to the fp64
+    log-scaled form of :func:`~wkd_lightning.losses.sinkhorn.sinkhorn_cost_stable`, which computes the same value.
+
+    Args:
+        student_logits: ``z_s``, B×C.
+        teacher_logits: ``z_t``, B×C (detached here).
+        target: B class indices, or B×C soft/mixed labels (their argmax is the target).
+        cost: ``D``, the C×C category cost *after* sharpening; ``relu(D) + 1e-8`` is applied here.
+        temperature: ``τ`` of the non-target distributions (> 0).
+        sinkhorn_eps: entropic regularisation ``ε`` (> 0).
+        sinkhorn_iters: number of Sinkhorn iterations (≥ 1; the release uses 10).
+
+    Returns:
+        ``(L_t, W)``: the target term at temperature 1 and the mean non-target transport cost, fp32 scalars.
+
+    Raises:
+        ValueError: on mismatched shapes, fewer than 2 classes, labels outside ``[0, C)``, a cost that is not a
+            finite C×C matrix with a non-negative diagonal, or a non-positive ``temperature``/``sinkhorn_eps``, or
+            ``sinkhorn_iters < 1``.
+    """
+    name = "wkd_logit_loss"
+    _check_logits(student_logits, teacher_logits, name)
+    num_classes = student_logits.shape[1]
+    _check_hparams(temperature, sinkhorn_eps, sinkhorn_iters, name)
+    cost = _check_cost(cost, num_classes, name)
+    hard_target = _hard_target(target, student_logits, name)
+    device = student_logits.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        cost_m = positive_cost(cost.to(device=device, dtype=_compute_dtype(student_logits)))
+        kernel, kernel_cost = gibbs_kernel(cost_m, sinkhorn_eps)
+        return _wkd_logit_terms(
+            student_logits,
+            teacher_logits,
+            hard_target,
+            cost_m,
+            kernel,
+            kernel_cost,
+            temperature,
+            sinkhorn_eps,
+            sinkhorn_iters,
+            stable=kernel_underflows(cost_m, sinkhorn_eps),
+        )
+
+
+def positive_cost(cost: Tensor) -> Tensor:
+    """``M = relu(D) + 1e-8`` (the cost as used by Sinkhorn), in fp32 or, for fp64 input, fp64."""
+    return torch.relu(cost.to(_compute_dtype(cost))) + COST_FLOOR
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for half/bfloat16/fp32 inputs (SPEC §1.6); fp64 inputs stay fp64 (used by gradient checks)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class WKDLogit(DistillationLoss):
+    """WKD-L plug-in: returns ``{"target": L_t, "wd": γ·c(e)·W}`` (SPEC §1).
+
+    The category cost is sharpened once when it is set, and one shared kernel ``K = exp(−M/ε)`` and ``K∘M`` are kept
+    as non-persistent buffers (derived from the configuration, so they are not saved in checkpoints and follow the
+    module across devices). ``L_t`` is neither scaled by ``γ`` nor decayed by the schedule.
+
+    Args:
+        cost: ``"uniform"`` (1 between different classes, built for the logits' C on first use and sharpened with
+            ``κ`` like any other cost), a path to a file read by :func:`load_cost`, or a C×C tensor of unsharpened
+            category distances.
+        weight: ``γ``, the weight of the Wasserstein term.
+        temperature: ``τ`` of the non-target distributions.
+        kappa: ``κ`` of the cost sharpening ``D ← 1 − exp(−κ·D)`` (0 disables it; skipped for cost files whose
+            metadata say ``kappa_applied``).
+        sinkhorn_eps: entropic regularisation ``ε``.
+        sinkhorn_iters: number of Sinkhorn iterations (10 in the release, which does not converge; kept for
+            faithfulness).
+        schedule: the epoch schedule ``c(e)`` of ``γ`` (e.g. ``CosineDecay(150)`` on CIFAR-100).
+    """
+
+    name = "wkd_l"
+
+    cost_matrix: Tensor | None
+    kernel: Tensor | None
+    kernel_cost: Tensor | None
+
+    def __init__(
+        self,
+        cost: str | os.PathLike | Tensor = "uniform",
+        weight: float = 30.0,
+        temperature: float = 2.0,
+        kappa: float = 1.0,
+        sinkhorn_eps: float = 0.05,
+        sinkhorn_iters: int = 10,
+        schedule: WeightSchedule | None = None,
+    ) -> None:
+        super().__init__(weight, schedule)
+        cls = type(self).__name__
+        _check_hparams(temperature, sinkhorn_eps, sinkhorn_iters, cls)
+        if not math.isfinite(kappa) or kappa < 0:
+            raise ValueError(f"{cls}: kappa must be a finite number >= 0, got {kappa}.")
+        self.temperature = float(temperature)
+        self.kappa = float(kappa)
+        self.sinkhorn_eps = float(sinkhorn_eps)
+        self.sinkhorn_iters = int(sinkhorn_iters)
+        self.cost_source = "tensor" if isinstance(cost, Tensor) else str(cost)
+        self.register_buffer("cost_matrix", None, persistent=False)
+        self.register_buffer("kernel", None, persistent=False)
+        self.register_buffer("kernel_cost", None, persistent=False)
+        self._stable = False
+        if isinstance(cost, Tensor):
+            self.set_cost(cost)
+        elif isinstance(cost, (str, os.PathLike)):
+            if cost != "uniform":
+                self.set_cost(load_cost(cost, self.kappa), sharpened=True)
+        else:
+            raise ValueError(f"{cls}: cost must be 'uniform', a file path or a C×C tensor, got {type(cost).__name__}.")
+
+    @property
+    def num_classes(self) -> int | None:
+        """C of the current cost, or ``None`` while a uniform cost waits for the first batch."""
+        return None if self.cost_matrix is None else self.cost_matrix.shape[0]
+
+    def set_cost(self, cost: Tensor, *, sharpened: bool = False) -> None:
+        """Replace the category cost (e.g. self-KD refreshing it) and rebuild the shared kernel.
+
+        Args:
+            cost: the C×C category cost ``D``; stored as ``M = relu(D) + 1e-8`` on the device of the current cost
+                (the CPU before the first one).
+            sharpened: whether ``cost`` is already sharpened (as returned by :func:`load_cost`); if not, it is
+                sharpened here with ``κ`` (like a tensor passed to ``__init__``).
+        """
+        cost = _check_cost(cost.detach().float(), None, f"{type(self).__name__}.set_cost")
+        if not sharpened:
+            cost = sharpen_cost(cost, self.kappa)
+        device = self.cost_matrix.device if self.cost_matrix is not None else cost.device
+        with torch.no_grad():
+            cost_m = positive_cost(cost.to(device))
+            kernel, kernel_cost = gibbs_kernel(cost_m, self.sinkhorn_eps)
+        self.cost_matrix, self.kernel, self.kernel_cost = cost_m, kernel, kernel_cost
+        self._stable = kernel_underflows(cost_m, self.sinkhorn_eps)
+
+    def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
+        teacher_logits = self.check_same_classes(ctx.student_logits, ctx.teacher_logits, self.name)
+        student_logits = ctx.student_logits
+        if student_logits.ndim != 2 or student_logits.shape[1] < 2:
+            raise ValueError(f"{self.name}: expected B×C logits with C >= 2, got shape {tuple(student_logits.shape)}.")
+        num_classes = student_logits.shape[1]
+        if self.cost_matrix is None:
+            self.set_cost(uniform_cost(num_classes).to(student_logits.device))
+        elif self.num_classes != num_classes:
+            raise ValueError(
+                f"{self.name}: the cost matrix is {self.num_classes}×{self.num_classes} but the logits have "
+                f"{num_classes} classes; use a cost computed for this dataset's classes."
+            )
+        hard_target = _hard_target(ctx.target, student_logits, self.name)
+        assert self.cost_matrix is not None and self.kernel is not None and self.kernel_cost is not None
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            l_t, w = _wkd_logit_terms(
+                student_logits,
+                teacher_logits,
+                hard_target,
+                self.cost_matrix,
+                self.kernel,
+                self.kernel_cost,
+                self.temperature,
+                self.sinkhorn_eps,
+                self.sinkhorn_iters,
+                stable=self._stable,
+            )
+        return {"target": l_t, "wd": self.scheduled_weight(ctx) * w}
+
+    def extra_repr(self) -> str:
+        return (
+            f"cost={self.cost_source!r}, weight={self.weight}, temperature={self.temperature}, kappa={self.kappa}, "
+            f"sinkhorn_eps={self.sinkhorn_eps}, sinkhorn_iters={self.sinkhorn_iters}, schedule={self.schedule}"
+        )
+
+
+def _wkd_logit_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    hard_target: Tensor,
+    cost_m: Tensor,
+    kernel: Tensor,
+    kernel_cost: Tensor,
+    temperature: float,
+    eps: float,
+    iters: int,
+    *,
+    stable: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(L_t, W)`` from validated inputs; must run with autocast disabled. ``cost_m`` is ``M`` (already positive)."""
+    dtype = _compute_dtype(student_logits)
+    z_s = student_logits.to(dtype)
+    z_t = teacher_logits.detach().to(dtype)
+    device = z_s.device
+    if cost_m.device != device or cost_m.dtype != dtype:
+        cost_m, kernel, kernel_cost = (x.to(device=device, dtype=dtype) for x in (cost_m, kernel, kernel_cost))
+    y = hard_target.to(device=device, dtype=torch.long).unsqueeze(1)
+
+    # Target term at temperature 1: −mean_b p_t(y_b) · log p_s(y_b).
+    p_t_target = F.softmax(z_t, dim=1).gather(1, y).squeeze(1)
+    log_p_s_target = F.log_softmax(z_s, dim=1).gather(1, y).squeeze(1)
+    l_t = -(p_t_target * log_p_s_target).mean()
+
+    # Non-target distributions: the target logit masked to −inf gives an exact 0 (−inf in the log domain).
+    mask = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, y, True)
+    u0 = initial_scaling(mask, z_s.dtype)
+    masked_s = (z_s / temperature).masked_fill(mask, -math.inf)
+    masked_t = (z_t / temperature).masked_fill(mask, -math.inf)
+    if stable:
+        log_a = F.log_softmax(masked_s, dim=1)
+        log_b = F.log_softmax(masked_t, dim=1)
+        w = sinkhorn_cost_stable(log_a, log_b, u0, cost_m, eps, iters)
+    else:
+        a = F.softmax(masked_s, dim=1)
+        b = F.softmax(masked_t, dim=1)
+        w = sinkhorn_cost(a, b, u0, kernel, kernel_cost, iters)
+    return l_t, w.mean()
+
+
+def _check_logits(student_logits: Tensor, teacher_logits: Tensor, name: str) -> None:
+    if student_logits.ndim != 2:
+        raise ValueError(f"{name}: expected B×C student logits, got shape {tuple(student_logits.shape)}.")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"{name}: teacher logits have shape {tuple(teacher_logits.shape)} but student logits have "
+            f"{tuple(student_logits.shape)}; teacher and student must predict the same classes."
+        )
+    if student_logits.shape[1] < 2:
+        raise ValueError(
+            f"{name}: WKD-L needs at least 2 classes (C−1 >= 1 non-target classes), got C = {student_logits.shape[1]}."
+        )
+
+
+def _check_hparams(temperature: float, eps: float, iters: int, name: str) -> None:
+    if not temperature > 0:
+        raise ValueError(f"{name}: temperature must be > 0, got {temperature}.")
+    if not eps > 0:
+        raise ValueError(f"{name}: sinkhorn_eps must be > 0, got {eps}.")
+    if isinstance(iters, bool) or int(iters) != iters or iters < 1:
+        raise ValueError(f"{name}: sinkhorn_iters must be an integer >= 1, got {iters!r}.")
+
+
+def _check_cost(cost: Tensor, num_classes: int | None, name: str) -> Tensor:
+    """Return ``cost`` after checking it is a finite square matrix (of size C if given) with a diagonal >= 0."""
+    if not isinstance(cost, Tensor):
+        raise ValueError(f"{name}: cost must be a C×C tensor, got {type(cost).__name__}.")
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"{name}: cost must be a square C×C matrix, got shape {tuple(cost.shape)}.")
+    if num_classes is not None and cost.shape[0] != num_classes:
+        raise ValueError(
+            f"{name}: cost is {cost.shape[0]}×{cost.shape[1]} but the logits have C = {num_classes} classes; "
+            "the cost must be C×C for the logits' classes."
+        )
+    if cost.shape[0] < 2:
+        raise ValueError(f"{name}: cost must be at least 2×2, got {tuple(cost.shape)}.")
+    if not bool(torch.isfinite(cost).all()):
+        raise ValueError(f"{name}: cost contains non-finite values (NaN or inf); every entry must be finite.")
+    diag_min = float(cost.diagonal().min())
+    if diag_min < 0:
+        raise ValueError(
+            f"{name}: cost has a negative diagonal entry ({diag_min:.4g}); a class's distance to itself must be >= 0 "
+            "(normally 0)."
+        )
+    return cost
+
+
+def _hard_target(target: Tensor, logits: Tensor, name: str) -> Tensor:
+    """Class indices from 1-D labels or the argmax of B×C soft labels, checked against the logits."""
+    batch, num_classes = logits.shape
+    if target.ndim == 2:
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"{name}: soft targets have shape {tuple(target.shape)} but the logits have {tuple(logits.shape)}; "
+                "expected B class indices or B×C soft labels."
+            )
+        target = target.argmax(dim=1)
+    elif target.ndim != 1 or target.shape[0] != batch:
+        raise ValueError(
+            f"{name}: targets have shape {tuple(target.shape)}; expected {batch} class indices or "
+            f"{batch}×{num_classes} soft labels."
+        )
+    elif target.is_floating_point():
+        raise ValueError(f"{name}: 1-D targets must be integer class indices, got dtype {target.dtype}.")
+    check_labels(target, num_classes)
+    return target

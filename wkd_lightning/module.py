@@ -1,0 +1,295 @@
+"""``DistillationModule``: a trainable student, an optional frozen teacher and pluggable distillation losses.
+
+One training step: batch → student (+ hooks) and frozen teacher (+ hooks) → :class:`DistillationContext` → each
+loss plug-in → ``CE + Σ weighted terms`` → optimizer. Nothing flows back into the teacher.
+
+Example:
+    >>> from wkd_lightning import DistillationModule
+    >>> from wkd_lightning.losses import KD
+    >>> from wkd_lightning.models import mini_resnet8, mini_resnet14
+    >>> module = DistillationModule(student=mini_resnet8(), teacher=mini_resnet14(), losses=[KD(temperature=4)])
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from itertools import chain
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from wkd_lightning.checkpoints import describe_mismatch
+from wkd_lightning.hooks import FeatureHooks
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels
+from wkd_lightning.teacher import FrozenTeacher
+
+TEACHER_PREFIX = "teacher."
+# The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+class PaperSGD(torch.optim.SGD):
+    """The CIFAR-100 recipe of the WKD release (SPEC §5): Nesterov SGD, weight decay on every learnable parameter."""
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        nesterov: bool = True,
+    ) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
+class DistillationModule(L.LightningModule):
+    """Train ``student`` with cross-entropy plus distillation losses from a frozen ``teacher``.
+
+    Args:
+        student: the network to train (any ``nn.Module`` mapping a batch of inputs to B×C logits).
+        teacher: the teacher network, or ``None`` to train without one (teachers themselves, vanilla baselines).
+            It is wrapped in :class:`~wkd_lightning.teacher.FrozenTeacher`: eval mode, no grad, not in the optimizer,
+            not in checkpoints (restored from ``teacher_weights`` when the module is rebuilt).
+        teacher_weights: file with the teacher's weights (Lightning checkpoint of a run of this module, a
+            ``{"model": state_dict}`` dict or a plain state dict), loaded once at construction.
+        losses: distillation loss plug-ins; their weighted terms are added to the cross-entropy (weight 1).
+        optimizer: builds the optimizer from the trainable parameters (student and the losses' adapters only).
+        lr_scheduler: builds an epoch-wise LR scheduler from the optimizer; ``None`` keeps the LR constant.
+        num_classes: C; taken from the data module's ``num_classes`` when not given.
+        input_size: (channels, height, width) of one input, used for the one-sample probe that checks output
+            shapes and builds shape-dependent adapters; taken from the data module's ``input_size`` when not given.
+        label_smoothing: label smoothing of the cross-entropy term (0 in the paper).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        teacher_weights: str | None = None,
+        losses: Sequence[DistillationLoss] | None = None,
+        optimizer: OptimizerCallable = PaperSGD,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        num_classes: int | None = None,
+        input_size: tuple[int, int, int] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
+        if teacher is None and teacher_weights is not None:
+            raise ValueError("teacher_weights was given but no teacher architecture: set `teacher` as well.")
+        self.student = student
+        self.teacher = FrozenTeacher(teacher, teacher_weights) if teacher is not None else None
+        self.losses = nn.ModuleList(losses or [])
+        names = [loss.name for loss in self.losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
+        needs_teacher = [loss.name for loss in self.losses if loss.requires_teacher]
+        if needs_teacher and self.teacher is None:
+            raise ValueError(f"losses {needs_teacher} need a teacher, but `teacher` is None.")
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.num_classes = num_classes
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.label_smoothing = label_smoothing
+        self.student_hooks = FeatureHooks(
+            student, chain.from_iterable(x.student_paths for x in self.losses), owner="student"
+        )
+        teacher_paths = list(chain.from_iterable(x.teacher_paths for x in self.losses))
+        if teacher_paths and self.teacher is None:
+            raise ValueError(f"losses read teacher features {teacher_paths} but `teacher` is None.")
+        self.teacher_hooks = FeatureHooks(self.teacher.model, teacher_paths, owner="teacher") if teacher_paths else None
+        self.uses_teacher = bool(needs_teacher or teacher_paths)
+        # Best validation top-1 so far: a buffer, so it is saved in checkpoints and survives a resume.
+        self.register_buffer("val_top1_best", torch.tensor(0.0))
+        self._probed = False
+        if num_classes is not None:
+            self._make_metrics(num_classes)
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if self.num_classes is None:
+            self.num_classes = data_classes
+        if self.num_classes is None:
+            raise ValueError("num_classes is unknown: set `model.num_classes` or use a data module with `num_classes`.")
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(
+                f"the data module has {data_classes} classes but the model is configured for {self.num_classes}."
+            )
+        if self.input_size is None:
+            self.input_size = getattr(datamodule, "input_size", None)
+        if not hasattr(self, "val_metrics"):
+            self._make_metrics(self.num_classes)
+        if not self._probed:
+            self._probe()
+
+    def _make_metrics(self, num_classes: int) -> None:
+        top_k = {"top1": 1, "top5": 5} if num_classes > 5 else {"top1": 1}
+        metrics = MetricCollection(
+            {name: MulticlassAccuracy(num_classes, top_k=k, average="micro") for name, k in top_k.items()}
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_logit_scale = MeanMetric()
+
+    @torch.no_grad()
+    def _probe(self) -> None:
+        """Run one all-zero sample through student and teacher in eval mode (no BatchNorm statistics move).
+
+        Checks the class counts early and hands example features to the losses so they can build their adapters
+        (projectors) before the optimizer is created.
+        """
+        if self.input_size is None:
+            if any(x.student_paths or x.teacher_paths for x in self.losses):
+                raise ValueError(
+                    "feature losses need one example input to size their projectors: set `model.input_size` "
+                    "(channels, height, width) or use a data module with `input_size`."
+                )
+            return
+        device = next(chain(self.student.parameters(), self.student.buffers())).device
+        example = torch.zeros(1, *self.input_size, device=device)
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            student_logits = self.student(example)
+            student_features = self.student_hooks.collect()
+        finally:
+            self.student.train(was_training)
+        if student_logits.ndim != 2 or student_logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"the student outputs shape {tuple(student_logits.shape)} for one input but {self.num_classes} "
+                "classes are expected; set the student's num_classes to the data's."
+            )
+        teacher_features = {}
+        if self.teacher is not None and self.uses_teacher:
+            teacher_logits = self.teacher(example)
+            teacher_features = self.teacher_hooks.collect() if self.teacher_hooks else {}
+            if teacher_logits.shape != student_logits.shape:
+                raise ValueError(
+                    f"the teacher outputs {tuple(teacher_logits.shape)} but the student {tuple(student_logits.shape)}: "
+                    "teacher and student must predict the same classes."
+                )
+        for loss in self.losses:
+            loss.build(student_features, teacher_features)
+        self._probed = True
+
+    def configure_optimizers(self):
+        params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ checkpoints: the teacher is never saved
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [k for k in state if k.startswith(prefix + TEACHER_PREFIX)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        saved_teacher = [k for k in state_dict if k.startswith(TEACHER_PREFIX)]
+        if saved_teacher:
+            raise ValueError(
+                f"the checkpoint holds teacher weights ({saved_teacher[0]}, ...); teachers are loaded from "
+                "`teacher_weights`, never from a student checkpoint."
+            )
+        if strict:
+            problem = describe_mismatch(self.state_dict(), state_dict)
+            if problem:
+                raise RuntimeError(
+                    f"checkpoint does not fit this model: {problem}. "
+                    "Was it written by a run with another student or other losses?"
+                )
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)
+
+    def _context(self, x: Tensor, target: Tensor) -> DistillationContext:
+        student_logits = self.student(x)
+        student_features = self.student_hooks.collect()
+        teacher_logits, teacher_features = None, {}
+        if self.uses_teacher:
+            teacher_logits = self.teacher(x)
+            teacher_features = self.teacher_hooks.collect() if self.teacher_hooks else {}
+        return DistillationContext(
+            student_logits=student_logits,
+            teacher_logits=teacher_logits,
+            target=target,
+            student_features=student_features,
+            teacher_features=teacher_features,
+            epoch=self.current_epoch + 1,
+            max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
+        )
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, target = batch
+        ctx = self._context(x, target)
+        logits = ctx.student_logits
+        if target.ndim == 1:
+            check_labels(target, logits.shape[1])
+        terms = {"ce": F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
+        for loss in self.losses:
+            terms.update({f"{loss.name}/{key}": value for key, value in loss(ctx).items()})
+        total = torch.stack(list(terms.values())).sum()
+        if not torch.isfinite(total):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(f"non-finite loss at epoch {ctx.epoch}, step {batch_idx}: terms {bad}.")
+        batch_size = x.shape[0]
+        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        self.train_metrics.update(logits.detach(), ctx.hard_target)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
+        return total
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, stage: str) -> None:
+        x, target = batch
+        logits = self.student(x)
+        check_labels(target, logits.shape[1])
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), target), batch_size=x.shape[0], sync_dist=True)
+        metrics.update(logits, target)
+        if stage == "val":
+            self.val_logit_scale.update(logits.detach().float().abs().mean())
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+        self.log_dict(self.test_metrics, batch_size=batch[0].shape[0])
+
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.student(x).softmax(dim=1)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(values, prog_bar=True)
+        top1 = values["val/top1"]
+        if not self.trainer.sanity_checking:
+            self.val_top1_best = torch.maximum(self.val_top1_best, top1.to(self.val_top1_best))
+            self.log("val/top1_best", self.val_top1_best)
+            self._warn_on_collapse(float(top1), float(self.val_logit_scale.compute()))
+        self.val_logit_scale.reset()
+
+    def _warn_on_collapse(self, top1: float, logit_scale: float) -> None:
+        """Warn when the student predicts at chance with near-zero logits (seen with near-constant WKD-L costs)."""
+        if self.num_classes and top1 <= 1.5 / self.num_classes and logit_scale < 0.05:
+            rank_zero_warn(
+                f"the student has collapsed at epoch {self.current_epoch + 1}: validation top-1 {top1:.3f} is at "
+                f"chance and its mean |logit| is {logit_scale:.4f}. With WKD-L this follows a near-constant cost "
+                "matrix (`uniform`, `cka_paired`): use a semantic cost, more Sinkhorn iterations or a smaller γ."
+            )
