@@ -8,6 +8,7 @@ run. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 
 import lightning as L
@@ -63,8 +64,10 @@ class WKDCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None) -> WKDCLI:
-    """Entry point of the ``wkd`` console script."""
+def make_cli(args: list[str] | None = None, run: bool = True) -> WKDCLI:
+    """Build (and with ``run``, execute) the ``wkd`` CLI; ``args`` replaces ``sys.argv`` (used by tests)."""
+    # Lightning 2.6 trips a deprecation of newer torch's pytree on every run; it is not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     return WKDCLI(
         DistillationModule,
         L.LightningDataModule,
@@ -73,7 +76,13 @@ def main(args: list[str] | None = None) -> WKDCLI:
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         args=args,
+        run=run,
     )
+
+
+def main() -> None:
+    """Entry point of the ``wkd`` console script."""
+    make_cli()
 
 
 if __name__ == "__main__":

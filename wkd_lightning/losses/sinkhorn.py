@@ -19,6 +19,14 @@ Two numerical paths compute the same iteration:
   and the gradient stays finite; the ``+1e-8`` terms enter as ``log(x + 1e-8) = logaddexp(log x, log 1e-8)``.
   Valid while ``max M / ε`` ≤ :data:`MAX_STABLE_COST_OVER_EPS`; beyond that it raises instead of returning NaN.
 
+Gradients of the plain path flow into ``a`` only (the student; ``b``, ``K``, ``K∘M`` and ``u⁰`` are constants in
+WKD-L). For that case :func:`sinkhorn_cost` differentiates the unrolled iterations with a hand-written backward
+(:class:`_PlainSinkhornCost`) that keeps only the two denominators of each iteration, computes everything else
+in place and gives the same gradient as autograd through the loop (which saves a little more and allocates several
+temporaries per step; the hand-written backward needs roughly half the peak memory at the same speed, see
+``benchmarks/results/wkd_logit.md``). Any other case (gradients for ``b``, ``K``…, autocast) falls back to plain
+autograd.
+
 :func:`sinkhorn_plan` returns the plans themselves (``B×C×C``), for visualisation and tests only.
 """
 
@@ -118,10 +126,20 @@ def sinkhorn_cost(
     iters: int,
     *,
     stabilizer: float = RELEASED_STABILIZER,
+    recompute: bool = False,
 ) -> Tensor:
     """Per-sample transport cost ``W_b = Σ_ij P_ij M_ij = Σ_i u_i [(K∘M) v]_i`` of the plain batched iteration.
 
-    Never forms a plan or any per-sample matrix: memory is O(B·C + C²).
+    Never forms a plan or any per-sample matrix: memory is O(B·C + C²) (O(iters·B·C) while a gradient is pending).
+
+    When a gradient is needed for ``a`` only (WKD-L: ``b``, ``K``, ``K∘M`` and ``u⁰`` are constants), the unrolled
+    iterations are differentiated by a hand-written backward that gives the same gradient as autograd through the
+    loop but saves only the two denominators ``E_k = u_{k−1} K + s`` and ``D_k = v_k Kᵀ + s`` of each iteration
+    (``2·iters − 1`` B×C tensors; with ``recompute=True`` only the ``D_k`` and the last ``E_k``: ``iters + 1``
+    tensors, at the cost of ``iters − 2`` extra matmuls in the backward pass) and reuses a few work buffers instead
+    of allocating temporaries. It does not support double backward (differentiating the gradient raises an error).
+    Otherwise (no gradient, gradients for the other arguments, or autocast enabled) the loop runs under plain
+    autograd.
 
     Args:
         a: B×C row marginals with an exact 0 at each target entry.
@@ -131,12 +149,146 @@ def sinkhorn_cost(
         kernel_cost: ``K∘M``, C×C.
         iters: number of Sinkhorn iterations (≥ 1).
         stabilizer: the ``+1e-8`` of the release; ``0.0`` for textbook Sinkhorn (testing and analysis only).
+        recompute: with the hand-written backward, recompute the ``E_k`` instead of saving them (less memory, more
+            time: see ``benchmarks/results/wkd_logit.md``).
 
     Returns:
         ``W``, a length-B vector.
     """
+    _check_iters(iters, "sinkhorn_cost")
+    if (
+        torch.is_grad_enabled()
+        and a.requires_grad
+        and a.ndim == 2
+        and not any(x.requires_grad for x in (b, u0, kernel, kernel_cost))
+        and not torch.is_autocast_enabled(a.device.type)
+    ):
+        return _PlainSinkhornCost.apply(a, b, u0, kernel, kernel_cost, int(iters), float(stabilizer), recompute)
     u, v = sinkhorn_scalings(a, b, u0, kernel, iters, stabilizer=stabilizer)
     return (u * (v @ kernel_cost.t())).sum(dim=1)
+
+
+class _PlainSinkhornCost(torch.autograd.Function):
+    """``W = Σ_i u_i [(K∘M) v]_i`` after ``T`` plain iterations, with an exact hand-written gradient for ``a``.
+
+    Forward (``k = 1..T``, ``s`` the stabilizer): ``E_k = u_{k−1} K + s``, ``v_k = b ⊘ E_k``,
+    ``D_k = v_k Kᵀ + s``, ``u_k = a ⊘ D_k``; the same operations in the same order as :func:`sinkhorn_scalings`,
+    so ``W`` is bitwise the same. Backward, with ``g = ∂L/∂W`` per row:
+
+    * ``ḡu_T = g · (v_T (K∘M)ᵀ)``, ``ḡv_T = (g · u_T)(K∘M)``;
+    * for ``k = T..1``: ``ā += ḡu_k ⊘ D_k``; ``ḡD_k = −ḡu_k ∘ (u_k ⊘ D_k)``; ``ḡv_k (+)= ḡD_k K``;
+      ``ḡE_k = −ḡv_k ∘ (v_k ⊘ E_k)``; ``ḡu_{k−1} = ḡE_k Kᵀ`` (not needed for ``k = 1``: ``u⁰`` is constant).
+
+    These are autograd's own formulas for ``x ⊘ y`` and ``x K``. ``u_k`` and ``v_k`` are recomputed as ``a ⊘ D_k``
+    and ``b ⊘ E_k`` from the saved denominators (bitwise the forward values); nothing is reconstructed by dividing
+    by ``u`` or ``v``, so exact zeros of ``a``/``b`` (target entries, underflowed softmax) only ever meet ``0 ⊘ D``
+    with ``D ≥ s > 0``, never ``0/0`` or ``0·inf``. ``E_1`` is not needed (it only leads to ``u⁰``), so ``2T − 1``
+    denominators are saved; with ``recompute``, the ``D_k`` and ``E_T`` only, and ``E_k = (a ⊘ D_{k−1}) K + s``
+    is recomputed by a matmul for ``1 < k < T`` (exact; reconstructing it by a division would not be safe).
+    With ``s = 0`` (analysis only) the backward divides only by the forward's own denominators: a zero among them
+    already makes the forward ``inf`` or ``NaN`` for that sample, so the backward adds no new ``0/0`` (and
+    reproduces autograd where the forward is finite).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        a: Tensor,
+        b: Tensor,
+        u0: Tensor,
+        kernel: Tensor,
+        kernel_cost: Tensor,
+        iters: int,
+        stabilizer: float,
+        recompute: bool,
+    ) -> Tensor:
+        kernel_t = kernel.t()
+        # Which E_k (0-based k) the backward reads: all but the first; with recompute, only the last one (for v_T).
+        kept_e = [iters - 1] if recompute else list(range(min(1, iters - 1), iters))
+        slot = {k: i for i, k in enumerate(kept_e)}
+        d_saved = a.new_empty((iters, *a.shape))
+        e_saved = a.new_empty((len(kept_e), *a.shape))
+        e_work = a.new_empty(a.shape) if len(kept_e) < iters else None
+        u_work, v_work = torch.empty_like(a), torch.empty_like(a)
+        u = u0
+        for k in range(iters):
+            e = torch.mm(u, kernel, out=e_saved[slot[k]] if k in slot else e_work).add_(stabilizer)
+            v = torch.div(b, e, out=v_work)
+            d = torch.mm(v, kernel_t, out=d_saved[k]).add_(stabilizer)
+            u = torch.div(a, d, out=u_work)
+        w = (u * (v @ kernel_cost.t())).sum(dim=1)
+        ctx.save_for_backward(a, b, kernel, kernel_cost, d_saved, e_saved)
+        ctx.stabilizer = stabilizer
+        ctx.slot = slot
+        return w
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor) -> tuple[Tensor | None, ...]:
+        nones = (None,) * 7
+        if not ctx.needs_input_grad[0]:
+            return (None, *nones)
+        # In the dtype of the forward pass, even if backward() is called under autocast.
+        with torch.no_grad(), torch.autocast(device_type=grad_w.device.type, enabled=False):
+            grad_a = _PlainSinkhornCost._grad_a(ctx, grad_w)
+        if torch.is_grad_enabled():  # create_graph=True: any use of the graph of this gradient must fail loudly
+            grad_a = _NoDoubleBackward.apply(grad_a.requires_grad_())
+        return (grad_a, *nones)
+
+    @staticmethod
+    def _grad_a(ctx, grad_w: Tensor) -> Tensor:
+        a, b, kernel, kernel_cost, d_saved, e_saved = ctx.saved_tensors
+        stabilizer, slot = ctx.stabilizer, ctx.slot
+        iters = d_saved.shape[0]
+        kernel_t = kernel.t()
+        g = grad_w.unsqueeze(1)
+        work = torch.empty_like(a)
+        e_work = torch.empty_like(a) if len(slot) < iters - 1 else None  # E_2..E_T not all saved
+
+        def denominator_e(k: int) -> Tensor:
+            if k in slot:
+                return e_saved[slot[k]]
+            torch.div(a, d_saved[k - 1], out=work)  # u_{k−1}
+            return torch.mm(work, kernel, out=e_work).add_(stabilizer)
+
+        last = iters - 1
+        # The final term W = Σ_i u_T,i [v_T (K∘M)ᵀ]_i.
+        torch.div(b, denominator_e(last), out=work)  # v_T
+        grad_u = torch.mm(work, kernel_cost.t()).mul_(g)
+        torch.div(a, d_saved[last], out=work).mul_(g)  # g · u_T
+        grad_v = torch.mm(work, kernel_cost)
+        grad_a = torch.zeros_like(a)
+        for k in range(last, -1, -1):
+            d = d_saved[k]
+            # u_k = a ⊘ D_k
+            grad_a.addcdiv_(grad_u, d)
+            torch.div(a, d, out=work).div_(d).mul_(grad_u).neg_()  # ḡD_k
+            if k == last:
+                grad_v.addmm_(work, kernel)
+            else:
+                torch.mm(work, kernel, out=grad_v)
+            if k == 0:
+                break
+            # v_k = b ⊘ E_k, E_k = u_{k−1} K + s
+            e = denominator_e(k)
+            torch.div(b, e, out=work).div_(e).mul_(grad_v).neg_()  # ḡE_k
+            torch.mm(work, kernel_t, out=grad_u)
+        return grad_a
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward raises: marks the gradient of :class:`_PlainSinkhornCost` as not differentiable."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        raise RuntimeError(
+            "sinkhorn_cost: double backward through the plain Sinkhorn path is not supported (its backward is "
+            "hand-written and computes first-order gradients only); differentiate the loss once, without "
+            "differentiating the resulting gradient."
+        )
 
 
 def sinkhorn_cost_stable(

@@ -80,7 +80,7 @@ def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"WKD-L cost file {str(path)!r} does not exist. Cost files are written by the IR tool (`wkd-ir`, coming) "
+            f"WKD-L cost file {str(path)!r} does not exist. Cost files are written by the IR tool (`wkd-ir`) "
             "or by `torch.save(D, path)` of a C×C tensor of category distances; or pass cost='uniform'."
         )
     obj = torch.load(path, map_location="cpu", weights_only=True)

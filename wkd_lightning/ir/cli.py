@@ -1,0 +1,279 @@
+"""``wkd-ir``: build WKD-L cost matrices (category interrelations) from a trained teacher, with heatmaps and scores.
+
+Example (Fashion-MNIST teacher trained with ``wkd fit -c configs/fashion_mnist/teacher.yaml``)::
+
+    wkd-ir --teacher wkd_lightning.models.mini_resnet14 \\
+        --teacher_weights runs/fashion_mnist/teacher/checkpoints/best.ckpt \\
+        --data wkd_lightning.data.FashionMNISTDataModule --layer pool --output_dir runs/fashion_mnist/ir
+
+(``python -m wkd_lightning.ir.cli`` is the same command.) The teacher's features at ``--layer`` are extracted over
+the data module's **training** set, in order and without augmentation where the data module can say how
+(``transform(train=False)``), then for every method ``<output_dir>/<method>.pt`` and ``<output_dir>/<method>.png``
+are written. The ``.pt`` file is a dict loadable with ``torch.load(..., weights_only=True)`` and by
+:func:`wkd_lightning.losses.load_cost` (``model.losses[...].init_args.cost: <output_dir>/cov_align.pt``)::
+
+    {"cost": C×C fp32 tensor, "method", "teacher", "teacher_config", "teacher_weights", "dataset", "dataset_config",
+     "layer", "class_names", "samples_per_class", "kappa_applied": False, "semantic_score": {...} or None}
+
+κ is not applied: ``WKDLogit`` sharpens the matrix with its own ``kappa`` when it loads the file. For datasets with
+known class groups (Fashion-MNIST, CIFAR-100 superclasses) or a ``--groups`` file, the semantic score of every
+matrix is printed beside its chance level (see :mod:`wkd_lightning.ir.score`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from torch import nn
+from torch.utils.data import DataLoader
+
+from wkd_lightning.hooks import resolve_module
+from wkd_lightning.ir.extract import LOGITS, extract_class_features
+from wkd_lightning.ir.heatmap import plot_cost_heatmap
+from wkd_lightning.ir.methods import KNOWN_METHODS, classifier_cosine, cost_matrix
+from wkd_lightning.ir.score import KNOWN_GROUPINGS, group_labels, known_groups, semantic_score
+from wkd_lightning.teacher import FrozenTeacher
+
+#: Methods the command accepts: the feature-based ones of :func:`cost_matrix` plus the classifier-weight cosine.
+CLI_METHODS = (*KNOWN_METHODS, "classifier_cosine")
+
+
+def build_parser() -> ArgumentParser:
+    """The ``wkd-ir`` argument parser (also reads ``-c config.yaml``)."""
+    parser = ArgumentParser(
+        prog="wkd-ir",
+        description="Build WKD-L cost matrices (category interrelations) from a trained teacher's features, with "
+        "heatmaps and a semantic score.",
+        default_env=False,
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML file with any of these options.")
+    parser.add_argument(
+        "--teacher",
+        type=nn.Module,
+        required=True,
+        help="teacher architecture: a class path or registered factory, e.g. wkd_lightning.models.mini_resnet14 "
+        "(set its init args with --teacher.num_classes 100 etc.).",
+    )
+    parser.add_argument(
+        "--teacher_weights",
+        type=str,
+        required=True,
+        help="teacher weights: a Lightning checkpoint of this project, a {'model': state_dict} file or a state dict.",
+    )
+    parser.add_argument(
+        "--data",
+        type=L.LightningDataModule,
+        required=True,
+        help="data module whose training set is used, e.g. wkd_lightning.data.FashionMNISTDataModule.",
+    )
+    parser.add_argument(
+        "--layer", type=str, default=LOGITS, help="'logits' or the dotted path of a teacher module (pool, layer3)."
+    )
+    parser.add_argument(
+        "--methods",
+        type=list[str],
+        default=list(KNOWN_METHODS),
+        help=f"cost methods to build, any of {', '.join(CLI_METHODS)}.",
+    )
+    parser.add_argument("--output_dir", type=str, default="runs/ir", help="where the .pt and .png files go.")
+    parser.add_argument(
+        "--max_per_class", type=int | None, default=None, help="use at most this many training images per class."
+    )
+    parser.add_argument(
+        "--groups",
+        type=str,
+        default="auto",
+        help="class groups for the semantic score: 'auto' (recognise Fashion-MNIST / CIFAR-100), 'none', a known "
+        f"grouping ({', '.join(KNOWN_GROUPINGS)}) or a JSON file {{group: [class names]}}.",
+    )
+    parser.add_argument(
+        "--classifier",
+        type=str | None,
+        default=None,
+        help="module path of the teacher's final linear layer for classifier_cosine (default: the last nn.Linear).",
+    )
+    parser.add_argument("--device", type=str, default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', ...")
+    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar during extraction.")
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> dict[str, dict]:
+    """Entry point of ``wkd-ir``; returns, per method, the written paths, the matrix and its semantic score."""
+    parser = build_parser()
+    config = parser.parse_args(args)
+    unknown = [m for m in config.methods if m not in CLI_METHODS]
+    if unknown or not config.methods:
+        parser.error(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(CLI_METHODS)}.")
+    if config.max_per_class is not None and config.max_per_class < 1:
+        parser.error(f"--max_per_class must be >= 1, got {config.max_per_class}.")
+    init = parser.instantiate(config) if hasattr(parser, "instantiate") else parser.instantiate_classes(config)
+    teacher = FrozenTeacher(init.teacher, weights=config.teacher_weights)  # raises on a missing or wrong file
+    datamodule: L.LightningDataModule = init.data
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    loader = _sequential_loader(datamodule)
+    num_classes = getattr(datamodule, "num_classes", None)
+    class_names = getattr(datamodule, "class_names", None)
+    feature_methods = [m for m in config.methods if m != "classifier_cosine"]
+    features = None
+    if feature_methods:
+        features = extract_class_features(
+            teacher,
+            loader,
+            config.layer,
+            num_classes=num_classes,
+            max_per_class=config.max_per_class,
+            device=device,
+            progress=config.progress,
+        )
+        num_classes = len(features)
+    if num_classes is None:
+        num_classes = _classifier(teacher.model, config.classifier).out_features
+    if class_names is None:
+        class_names = [str(k) for k in range(num_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(f"the data module names {len(class_names)} classes but has {num_classes}.")
+    grouping = _groups(config.groups, class_names)
+
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "teacher": config.teacher.class_path,
+        "teacher_config": _plain(config.teacher.get("init_args", {})),
+        "teacher_weights": os.fspath(config.teacher_weights),
+        "dataset": config.data.class_path,
+        "dataset_config": _plain(config.data.get("init_args", {})),
+        "layer": config.layer,
+        "class_names": class_names,
+        "samples_per_class": [int(x.shape[0]) for x in features] if features is not None else None,
+        "max_per_class": config.max_per_class,
+        "kappa_applied": False,
+    }
+    results = {}
+    for method in config.methods:
+        if method == "classifier_cosine":
+            layer = _classifier(teacher.model, config.classifier)
+            if layer.out_features != num_classes:
+                raise ValueError(
+                    f"the teacher's classifier has {layer.out_features} outputs but the data has {num_classes} classes."
+                )
+            cost = classifier_cosine(layer)
+            layer_name = config.classifier or _classifier_path(teacher.model)
+        else:
+            cost = cost_matrix(features, method)
+            layer_name = config.layer
+        score = semantic_score(cost, grouping[1]) if grouping is not None else None
+        pt_path, png_path = output_dir / f"{method}.pt", output_dir / f"{method}.png"
+        record = {
+            **metadata,
+            "cost": cost.cpu(),
+            "method": method,
+            "layer": layer_name,
+            "groups": grouping[0] if grouping is not None else None,
+            "semantic_score": score.as_dict() if score is not None else None,
+        }
+        torch.save(record, pt_path)
+        title = f"{method} · {_short(config.data.class_path)} · {layer_name}"
+        if score is not None:
+            title += f"\nsemantic score {score.score:.2f} (chance {score.chance:.2f})"
+        plot_cost_heatmap(cost, class_names, png_path, title=title, groups=grouping[1] if grouping else None)
+        summary = f"{score}" if score is not None else "semantic score n/a (no known class groups)"
+        print(f"{method:>18}: {summary} -> {pt_path}, {png_path}")
+        results[method] = {"cost": cost, "pt": pt_path, "png": png_path, "score": score}
+    return results
+
+
+def _sequential_loader(datamodule: L.LightningDataModule) -> DataLoader:
+    """The training set in order, without augmentation when the data module offers an evaluation transform."""
+    train_loader = datamodule.train_dataloader()
+    dataset = train_loader.dataset
+    make_transform = getattr(datamodule, "transform", None)
+    if callable(make_transform) and hasattr(dataset, "transform"):
+        dataset = copy.copy(dataset)
+        dataset.transform = make_transform(train=False)
+    else:
+        warnings.warn(
+            f"{type(datamodule).__name__} offers no evaluation transform (transform(train=False)), so the training "
+            "set's own transform is used for feature extraction; if it augments, disable augmentation in the data "
+            "module's options for reproducible features.",
+            stacklevel=2,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=train_loader.batch_size or 256,
+        shuffle=False,
+        num_workers=train_loader.num_workers,
+        collate_fn=train_loader.collate_fn,
+        drop_last=False,
+    )
+
+
+def _groups(option: str, class_names: list[str]) -> tuple[str, list[str]] | None:
+    """Resolve ``--groups`` to (name, group label per class), or None when there is nothing to score against."""
+    if option == "none":
+        return None
+    if option == "auto":
+        return known_groups(class_names)
+    if option in KNOWN_GROUPINGS:
+        return option, group_labels(class_names, KNOWN_GROUPINGS[option])
+    path = Path(option)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--groups {option!r}: not 'auto', 'none', a known grouping ({', '.join(KNOWN_GROUPINGS)}) or an existing "
+            "JSON file mapping group names to lists of class names."
+        )
+    groups = json.loads(path.read_text())
+    if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+        raise ValueError(f"--groups file {option!r} must hold a JSON object {{group: [class names]}}.")
+    return path.stem, group_labels(class_names, groups)
+
+
+def _classifier_path(model: nn.Module) -> str:
+    paths = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not paths:
+        raise ValueError("classifier_cosine: the teacher has no nn.Linear layer; pass --classifier PATH.")
+    return paths[-1]
+
+
+def _classifier(model: nn.Module, path: str | None) -> nn.Linear:
+    module = resolve_module(model, path or _classifier_path(model), owner="teacher")
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"--classifier {path!r} is a {type(module).__name__}, not an nn.Linear.")
+    return module
+
+
+def _plain(value):
+    """Config values as plain Python (dict/list/str/int/float/bool/None), safe for ``weights_only`` loading."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
+
+
+def cli_main() -> None:
+    """Console-script entry point of ``wkd-ir`` (returns nothing, so the shell sees exit status 0)."""
+    main()
+
+
+if __name__ == "__main__":
+    main()
