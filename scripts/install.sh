@@ -13,17 +13,23 @@ case "$(uname -m)" in
 esac
 TORCH_SPEC="${WKD_TORCH:-$default_torch}"
 
+quiet_pip() {  # pip install, printing its output only when it fails (this machine's pip warns about local indexes)
+  local log; log=$(mktemp)
+  "$PY" -m pip install -q "$@" > "$log" 2>&1 || { cat "$log"; rm -f "$log"; echo "[install] pip install $* failed" >&2; exit 1; }
+  rm -f "$log"
+}
+
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 wanted=$(echo "$TORCH_SPEC" | sed 's/ /\n/g' | sort | tr '\n' ' ')
 have=$("$PY" -c "import importlib.metadata as m; print(' '.join(sorted(f'{p}=={m.version(p)}' for p in ('torch', 'torchvision'))))" 2>/dev/null | sed 's/+[a-z0-9]*//g' || true)
 if [ "$(echo $have)" != "$(echo $wanted)" ]; then
   echo "[install] $TORCH_SPEC into $VENV (about a minute)"
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q $TORCH_SPEC
+  quiet_pip --upgrade pip
+  quiet_pip $TORCH_SPEC
 fi
 echo "[install] wkd-lightning with its dev extra"
-"$PY" -m pip install -q -e ".[dev]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+quiet_pip -e ".[dev]"
 "$PY" -c "import wkd_lightning, torchvision; print('[install] ok: wkd_lightning', wkd_lightning.__version__)"
 
 FASHION_DIR=/usr/share/datasets/fashion-mnist

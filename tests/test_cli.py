@@ -16,7 +16,7 @@ from wkd_lightning.models import mini_resnet14
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
-EXPERIMENT_CONFIGS = [c for c in EXPERIMENT_CONFIGS if c.parent.name != "logging"]
+EXPERIMENT_CONFIGS = [c for c in EXPERIMENT_CONFIGS if "model" in yaml.safe_load(c.read_text())]  # `wkd fit` configs
 TEACHER_FILE = "runs/fashion_mnist/teacher/checkpoints/best.ckpt"
 COST_FILE = "runs/fashion_mnist/ir/class_mean_cosine.pt"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
