@@ -13,14 +13,12 @@ from wkd_lightning.ir.cli import main
 from wkd_lightning.losses import load_cost, sharpen_cost
 from wkd_lightning.models import mini_resnet14
 
-from .idx_fixture import write_tiny_fashion_mnist
-
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> dict[str, str]:
-    data_dir = write_tiny_fashion_mnist(tmp_path / "fashion-mnist", per_class_train=4, per_class_test=1)
+def setup(tmp_path: Path, fashion_dir: Path) -> dict[str, str]:
+    data_dir = fashion_dir  # 8 training images per class (tests/conftest.py)
     torch.manual_seed(0)
     weights = tmp_path / "teacher.pt"
     torch.save(mini_resnet14().state_dict(), weights)
@@ -71,7 +69,7 @@ def test_writes_loadable_cost_files_and_heatmaps_from_a_yaml_config(setup, tmp_p
         assert record["dataset"] == "wkd_lightning.data.FashionMNISTDataModule"
         assert record["class_names"] == list(CLASS_NAMES)
         assert record["layer"] == ("fc" if method == "classifier_cosine" else "pool")
-        assert record["samples_per_class"] == [4] * 10
+        assert record["samples_per_class"] == [8] * 10
         score = record["semantic_score"]
         assert record["groups"] == "fashion_mnist" and 0 <= score["score"] <= 1
         assert score["chance"] == pytest.approx((4 * 3 / 9 + 3 * 2 / 9) / 7)
