@@ -115,7 +115,7 @@ def test_training_loss_is_ce_plus_weighted_kd():
     student, teacher = mini_resnet8(), mini_resnet14()
     module = DistillationModule(student=student, teacher=teacher, losses=[KD(temperature=3.0, weight=0.5)])
     module.log = module.log_dict = lambda *a, **k: None  # no trainer attached: logging is not under test here
-    module._make_metrics(10) if not hasattr(module, "train_metrics") else None
+    module._make_metrics(10)  # normally made in setup(), which needs a trainer
     x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5])
     total = module.training_step((x, y), 0)
     student_logits, teacher_logits = student(x), module.teacher(x)

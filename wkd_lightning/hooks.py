@@ -27,7 +27,8 @@ def resolve_module(model: nn.Module, path: str, *, owner: str = "model") -> nn.M
 class FeatureHooks:
     """Forward hooks that store the outputs of a model's submodules by dotted path.
 
-    ``features`` is refilled on every forward pass of the model; reading a path that did not run raises.
+    ``features`` is refilled on every forward pass of the model and handed over by :meth:`collect`; a path whose
+    module did not run in that pass is simply absent (the losses that read it say so).
     Registering no paths registers no hooks, so a logit-only run pays nothing.
 
     Args:
