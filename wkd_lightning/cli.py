@@ -1,8 +1,9 @@
 """``wkd``: the LightningCLI of the project (``wkd fit|validate|test|predict -c CONFIG.yaml [--key value ...]``).
 
 Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full resolved config), ``metrics.csv``,
-``summary.json`` and ``checkpoints/{best,last}.ckpt`` (best by validation top-1). ``--ckpt_path last`` resumes a
-run. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger in the run directory is always kept.
+``summary.json`` and ``checkpoints/{best,last}.ckpt`` (best by validation top-1; ``last-interrupted.ckpt`` when
+Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes a run from the newest of them. More loggers (Weights &
+Biases) come from ``trainer.logger``; a CSV logger in the run directory is always kept.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from wkd_lightning.interruption import InterruptCheckpoint
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import RunSummary
 
@@ -41,6 +43,8 @@ class WKDCLI(LightningCLI):
         )
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
+        parser.link_arguments("trainer.default_root_dir", "interrupt.dirpath", compute_fn=checkpoint_dir)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

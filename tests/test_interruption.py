@@ -1,0 +1,58 @@
+"""Ctrl-C and SIGTERM during training leave ``last-interrupted.ckpt``, and ``--ckpt_path last`` resumes from it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.test_cli import QUIET, ROOT, localised_config
+from wkd_lightning.cli import make_cli
+from wkd_lightning.interruption import INTERRUPTED_NAME
+
+
+class StopAtStep(L.Callback):
+    """Interrupt training at a given global step, the way a user or a cluster scheduler does."""
+
+    def __init__(self, step: int, how: str) -> None:
+        self.step, self.how = step, how
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            if self.how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops at the next step boundary
+            else:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_interrupted_fit_leaves_a_checkpoint_that_resumes(how, tmp_path, fashion_dir):
+    path = localised_config(ROOT / "configs/fashion_mnist/kd.yaml", tmp_path, fashion_dir)
+    run_dir = tmp_path / "runs" / "kd"
+    args = ["-c", str(path), "--trainer.max_epochs=2", "--data.batch_size=16", *QUIET]  # 80 images: 5 steps/epoch
+    cli = make_cli(args, run=False)
+    cli.trainer.callbacks.append(StopAtStep(step=7, how=how))
+    with pytest.raises(SystemExit):  # SIGTERMException and Lightning's Ctrl-C shutdown both exit
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+    saved = run_dir / "checkpoints" / INTERRUPTED_NAME
+    checkpoint = torch.load(saved, weights_only=True)
+    assert checkpoint["global_step"] in (7, 8) and checkpoint["epoch"] == 1  # mid-way through the second epoch
+    assert not [k for k in checkpoint["state_dict"] if k.startswith("teacher.")]
+
+    make_cli(["fit", *args, "--ckpt_path=last"])
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    epochs_done = final["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    assert epochs_done == 2 and final["global_step"] == 10  # the run finished its 2 epochs of 5 steps
+    assert not saved.exists()  # removed once fit ended normally
+
+
+def test_uninterrupted_fit_writes_no_interrupted_checkpoint(tmp_path, fashion_dir):
+    path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
+    make_cli(["fit", "-c", str(path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *QUIET])
+    checkpoints = Path(tmp_path / "runs" / "vanilla" / "checkpoints")
+    assert (checkpoints / "last.ckpt").is_file() and not (checkpoints / INTERRUPTED_NAME).exists()
