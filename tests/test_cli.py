@@ -113,3 +113,13 @@ def test_wandb_configs_work_without_network(mode, tmp_path, fashion_dir, monkeyp
     assert (run_dir / "metrics.csv").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     offline_runs = list((tmp_path / "runs" / "wandb").glob("wandb/offline-run-*"))
     assert len(offline_runs) == (1 if mode == "offline" else 0)
+
+
+def test_wandb_online_without_network_suggests_offline_mode(tmp_path, fashion_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
+    with pytest.raises(ConnectionError, match=r"cannot be reached.*configs/logging/wandb_offline\.yaml"):
+        make_cli(["fit", "-c", str(path), "-c", str(ROOT / "configs/logging/wandb_online.yaml"), *QUIET])
+    assert not (tmp_path / "runs" / "vanilla" / "checkpoints").exists()  # stopped before anything was written

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from wkd_lightning.interruption import InterruptCheckpoint
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import RunSummary
+from wkd_lightning.tracking import check_wandb_reachable
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -64,6 +65,7 @@ class WKDCLI(LightningCLI):
             if not any(isinstance(x, CSVLogger) for x in loggers):
                 root = trainer_config.get("default_root_dir") or os.getcwd()
                 loggers.insert(0, CSVLogger(save_dir=root, name="", version=""))
+            check_wandb_reachable(loggers)
             kwargs["logger"] = loggers
         return super().instantiate_trainer(**kwargs)
 
