@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 from pathlib import Path
@@ -49,6 +50,18 @@ def test_interrupted_fit_leaves_a_checkpoint_that_resumes(how, tmp_path, fashion
     epochs_done = final["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
     assert epochs_done == 2 and final["global_step"] == 10  # the run finished its 2 epochs of 5 steps
     assert not saved.exists()  # removed once fit ended normally
+    with open(run_dir / "metrics.csv", newline="") as file:
+        validated_epochs = {row["epoch"] for row in csv.DictReader(file) if row.get("val/top1")}
+    assert validated_epochs == {"0", "1"}  # the rows written before the interruption are still there
+
+
+def test_new_fit_in_a_used_run_directory_keeps_the_old_metrics(tmp_path, fashion_dir):
+    path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
+    args = ["fit", "-c", str(path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *QUIET]
+    make_cli(args)
+    make_cli(args)
+    run_dir = tmp_path / "runs" / "vanilla"
+    assert (run_dir / "metrics.csv").is_file() and len(list(run_dir.glob("metrics.*.csv"))) == 1
 
 
 def test_uninterrupted_fit_writes_no_interrupted_checkpoint(tmp_path, fashion_dir):

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from wkd_lightning.interruption import InterruptCheckpoint
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import RunSummary
-from wkd_lightning.tracking import check_wandb_reachable
+from wkd_lightning.tracking import RunCSVLogger, check_wandb_reachable
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -64,7 +64,9 @@ class WKDCLI(LightningCLI):
             loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, Iterable) else [logger]
             if not any(isinstance(x, CSVLogger) for x in loggers):
                 root = trainer_config.get("default_root_dir") or os.getcwd()
-                loggers.insert(0, CSVLogger(save_dir=root, name="", version=""))
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                fresh_fit = self.subcommand == "fit" and config.get("ckpt_path") is None
+                loggers.insert(0, RunCSVLogger(save_dir=root, append=not fresh_fit))
             check_wandb_reachable(loggers)
             kwargs["logger"] = loggers
         return super().instantiate_trainer(**kwargs)

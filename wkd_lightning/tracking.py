@@ -1,4 +1,9 @@
-"""Experiment tracking checks: fail fast, with the fix, when Weights & Biases online mode cannot reach its server.
+"""Experiment tracking: a CSV log that survives resumes, and a fast check that W&B online mode can reach its server.
+
+Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts in a non-empty folder, so a resumed run
+(``--ckpt_path last``) or a ``wkd test`` in the run directory would erase the history of the run.
+:class:`RunCSVLogger` appends instead; only a new fit in a used folder starts a new file, after moving the old one
+aside (``metrics.<time>.csv``).
 
 Without network, ``wandb.init`` in online mode retries for minutes before failing with a message about sockets.
 Before a run starts, :func:`check_wandb_reachable` opens one TCP connection to the W&B server (``WANDB_BASE_URL``,
@@ -7,15 +12,62 @@ default ``https://api.wandb.ai``) with a short timeout and, when that fails, say
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
+import time
 from collections.abc import Iterable
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_warn
 
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` is continued (``append``) or moved aside."""
+
+    def __init__(self, log_dir: str, append: bool) -> None:
+        self.append = append
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # called by the parent's __init__ instead of deleting the file
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        if self.append:
+            with open(self.metrics_file_path, newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(self.metrics_file_path)))
+        kept = os.path.join(self.log_dir, f"metrics.{stamp}.csv")
+        os.replace(self.metrics_file_path, kept)
+        rank_zero_warn(f"{self.log_dir} already held a metrics.csv of an earlier fit; it was moved to {kept}.")
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger`` that never deletes an earlier ``metrics.csv`` in its folder.
+
+    Args:
+        save_dir: the run directory; ``metrics.csv`` and ``hparams.yaml`` are written directly into it.
+        append: continue an existing ``metrics.csv`` (resumed fits, validate/test in a run directory); False moves
+            it aside first (a new fit in a used folder).
+    """
+
+    def __init__(self, save_dir: str, append: bool = True) -> None:
+        super().__init__(save_dir=save_dir, name="", version="")
+        self.append = append
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, append=self.append)
+        return self._experiment
 
 
 def wandb_is_online(logger: Logger) -> bool:
