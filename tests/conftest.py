@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 from pathlib import Path
 
@@ -38,3 +39,59 @@ def write_fashion_mnist(root: Path, n_train: int = 80, n_test: int = 40, seed: i
 @pytest.fixture
 def fashion_dir(tmp_path: Path) -> Path:
     return write_fashion_mnist(tmp_path / "fashion-mnist")
+
+
+def write_cifar100(root: Path, n_train: int = 100, n_test: int = 20, seed: int = 0) -> Path:
+    """A tiny CIFAR-100 in the release's pickle layout under ``root/cifar-100-python``: ``train``/``test`` dicts
+    with byte-string keys (``b"data"`` N×3072 uint8 channel-major, ``b"fine_labels"``, ``b"coarse_labels"``,
+    ``b"filenames"``, ``b"batch_label"``; labels as Python lists) and ``meta`` with 100 fine and 20 coarse names.
+    Fine class ``c`` has superclass ``c % 20``; the training split shows each fine class once (n_train=100)."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = [int(c) for c in np.arange(n) % 100]
+        content = {
+            b"filenames": [f"image_{i}.png".encode() for i in range(n)],
+            b"batch_label": f"{split}ing batch 1 of 1".encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [c % 20 for c in fine],
+            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        }
+        with open(folder / split, "wb") as f:
+            pickle.dump(content, f, protocol=2)
+    meta = {
+        b"fine_label_names": [f"fine_{i:02d}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse_{i:02d}".encode() for i in range(20)],
+    }
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return root
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path: Path) -> Path:
+    return write_cifar100(tmp_path / "cifar")
+
+
+IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def write_imagenet(root: Path, wnids: tuple[str, ...] = IMAGENET_WNIDS, per_class: tuple[int, int] = (4, 2)) -> Path:
+    """A tiny ImageNet in the class-folder layout: ``root/{train,val}/<wnid>/*.JPEG``, random 40×50 RGB JPEGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val"), per_class):
+        for wnid in wnids:
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+    return root
+
+
+@pytest.fixture
+def imagenet_dir(tmp_path: Path) -> Path:
+    return write_imagenet(tmp_path / "imagenet")

@@ -1,8 +1,14 @@
 """wkd-lightning: Wasserstein-distance knowledge distillation (WKD-L, WKD-F) for PyTorch Lightning."""
 
-from wkd_lightning.data import FashionMNISTDataModule
+from wkd_lightning.data import CIFAR100DataModule, FashionMNISTDataModule, ImageNetDataModule
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.teacher import FrozenTeacher
 
-__all__ = ["DistillationModule", "FashionMNISTDataModule", "FrozenTeacher"]
+__all__ = [
+    "CIFAR100DataModule",
+    "DistillationModule",
+    "FashionMNISTDataModule",
+    "FrozenTeacher",
+    "ImageNetDataModule",
+]
 __version__ = "0.1.0"

@@ -1,5 +1,15 @@
-"""Lightning data modules."""
+"""Lightning data modules, and the exact, resumable sampling they share (:mod:`wkd_lightning.data.sampling`)."""
 
+from wkd_lightning.data.cifar100 import CIFAR100DataModule
 from wkd_lightning.data.fashion_mnist import FashionMNISTDataModule
+from wkd_lightning.data.imagenet import ImageNetDataModule
+from wkd_lightning.data.sampling import EpochSampler, SeededDataset, make_loader
 
-__all__ = ["FashionMNISTDataModule"]
+__all__ = [
+    "CIFAR100DataModule",
+    "EpochSampler",
+    "FashionMNISTDataModule",
+    "ImageNetDataModule",
+    "SeededDataset",
+    "make_loader",
+]

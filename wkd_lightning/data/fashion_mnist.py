@@ -17,6 +17,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from wkd_lightning.data.sampling import SeededDataset, make_loader, split_indices
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 CLASS_NAMES = (
@@ -91,7 +93,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             Small labelled sets are where distillation helps most.
         augment: random crop (padding 2) and horizontal flip for training.
         pin_memory: pin host memory for faster copies to a GPU (ignored without one).
-        seed: seed of the hold-out and subset draws.
+        seed: data seed: the hold-out and subset draws, the per-epoch training order and the per-sample
+            augmentation seeds (see :mod:`wkd_lightning.data.sampling`), so a resumed run sees the same batches as
+            an uninterrupted one.
     """
 
     num_classes = 10
@@ -133,15 +137,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if stage in ("test", "predict"):
             return
         images, labels = load_split(self.data_dir, "train")
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        if self.val_size >= len(labels):
-            raise ValueError(f"val_size={self.val_size} leaves no training images (the split has {len(labels)}).")
-        val_index, train_index = order[: self.val_size], order[self.val_size :]
-        if self.train_size is not None:
-            if self.train_size > len(train_index):
-                raise ValueError(f"train_size={self.train_size} exceeds the {len(train_index)} training images left.")
-            train_index = train_index[: self.train_size]
-        self.train_set = ImageTensorDataset(images[train_index], labels[train_index], self.transform(train=True))
+        train_index, val_index = split_indices(len(labels), self.val_size, self.train_size, self.seed)
+        train = ImageTensorDataset(images[train_index], labels[train_index], self.transform(train=True))
+        self.train_set = SeededDataset(train)
         self.val_set = (
             ImageTensorDataset(images[val_index], labels[val_index], self.transform(train=False))
             if self.val_size
@@ -151,14 +149,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("FashionMNISTDataModule: call setup() before asking for a data loader.")
-        return DataLoader(
+        return make_loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
+            seed=self.seed,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            trainer=self.trainer,
         )
 
     def train_dataloader(self) -> DataLoader:
