@@ -21,23 +21,39 @@ class ModelInfo:
         factory: builds the model; keyword arguments (``num_classes``, ``in_channels``, ...) pass through.
         input_size: the (C, H, W) input the architecture is made for.
         feature_channels: dotted module path → output channels of that feature stage (defaults of the factory).
+        last_stage: dotted path of the last feature stage (the released WKD-F default layer), or ``None`` when the
+            architecture advertises no feature map (e.g. a ViT teacher used for logits only).
     """
 
     factory: Callable[..., nn.Module]
     input_size: tuple[int, int, int]
     feature_channels: dict[str, int] = field(default_factory=dict)
+    last_stage: str | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(input_size: tuple[int, int, int], feature_channels: dict[str, int] | None = None):
-    """Decorator that adds a factory to the registry under its own function name."""
+def register_model(
+    input_size: tuple[int, int, int], feature_channels: dict[str, int] | None = None, last_stage: str | None = None
+):
+    """Decorator that adds a factory to the registry under its own function name.
+
+    Args:
+        input_size: the (C, H, W) input the architecture is made for.
+        feature_channels: dotted module path → channels of each advertised feature stage, shallow to deep.
+        last_stage: the last feature stage; defaults to the last key of ``feature_channels``.
+    """
+    channels = dict(feature_channels or {})
+    if last_stage is None and channels:
+        last_stage = list(channels)[-1]
+    if last_stage is not None and last_stage not in channels:
+        raise ValueError(f"last_stage {last_stage!r} is not one of the advertised feature paths {list(channels)}")
 
     def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if factory.__name__ in _REGISTRY:
             raise ValueError(f"model {factory.__name__!r} is registered twice")
-        _REGISTRY[factory.__name__] = ModelInfo(factory, input_size, dict(feature_channels or {}))
+        _REGISTRY[factory.__name__] = ModelInfo(factory, input_size, channels, last_stage)
         return factory
 
     return add
