@@ -93,19 +93,6 @@ def test_dkd_teacher_detached_and_fp32_under_autocast() -> None:
     assert zt.grad is None and zs.grad is not None
 
 
-def test_dkd_errors() -> None:
-    with pytest.raises(ValueError, match="C >= 2"):
-        dkd_loss(torch.randn(2, 1), torch.randn(2, 1), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
-        dkd_loss(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 4]))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        dkd_loss(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 1]), temperature=0)
-    with pytest.raises(ValueError, match="B = 2 class indices"):
-        dkd_loss(torch.randn(2, 4), torch.randn(2, 4), torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="alpha and beta"):
-        DKD(beta=-1)
-
-
 def _logit_ctx(zs: torch.Tensor, zt: torch.Tensor | None, target: torch.Tensor, epoch: int) -> DistillationContext:
     return DistillationContext(student_logits=zs, teacher_logits=zt, target=target, epoch=epoch, max_epochs=240)
 

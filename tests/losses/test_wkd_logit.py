@@ -396,66 +396,6 @@ def test_stable_path_refuses_costs_beyond_float64() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Errors.
-
-
-@pytest.mark.parametrize(
-    ("change", "match"),
-    [
-        ({"cost": uniform_cost(4)}, r"cost is 4×4 but the logits have C = 5 classes"),
-        ({"cost": torch.ones(5, 4)}, r"square C×C matrix, got shape \(5, 4\)"),
-        (
-            {"cost": uniform_cost(5).index_put_((torch.tensor(0), torch.tensor(1)), torch.tensor(math.nan))},
-            "non-finite",
-        ),
-        ({"cost": uniform_cost(5) - 0.5 * torch.eye(5)}, r"negative diagonal entry \(-0\.5\)"),
-        ({"temperature": 0.0}, r"temperature must be > 0, got 0\.0"),
-        ({"sinkhorn_eps": -0.1}, r"sinkhorn_eps must be > 0, got -0\.1"),
-        ({"sinkhorn_iters": 0}, r"sinkhorn_iters must be an integer >= 1, got 0"),
-        ({"target": torch.tensor([0, 1, 5])}, r"labels must lie in \[0, 5\).*got values in \[0, 5\]"),
-        ({"target": torch.tensor([0, -1, 2])}, r"labels must lie in \[0, 5\)"),
-        ({"teacher_logits": torch.zeros(3, 6)}, r"teacher logits have shape \(3, 6\) but student logits have \(3, 5\)"),
-        ({"target": torch.zeros(3, 4)}, r"soft targets have shape \(3, 4\)"),
-    ],
-)
-def test_errors(change: dict, match: str) -> None:
-    kwargs = {
-        "student_logits": torch.zeros(3, 5),
-        "teacher_logits": torch.zeros(3, 5),
-        "target": torch.tensor([0, 1, 2]),
-        "cost": uniform_cost(5),
-        "temperature": 2.0,
-    }
-    kwargs.update(change)
-    with pytest.raises(ValueError, match=match):
-        wkd_logit_loss(**kwargs)
-
-
-def test_fewer_than_two_classes_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"at least 2 classes.*got C = 1"):
-        wkd_logit_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), torch.zeros(1, 1), 2.0)
-    with pytest.raises(ValueError, match=r"num_classes must be >= 2, got 1"):
-        uniform_cost(1)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"temperature": -1.0}, r"WKDLogit: temperature must be > 0, got -1\.0"),
-        ({"sinkhorn_eps": 0.0}, r"WKDLogit: sinkhorn_eps must be > 0"),
-        ({"sinkhorn_iters": 0}, r"WKDLogit: sinkhorn_iters must be an integer >= 1"),
-        ({"kappa": -1.0}, r"WKDLogit: kappa must be a finite number >= 0, got -1\.0"),
-        ({"weight": -2.0}, r"weight must be >= 0, got -2\.0"),
-        ({"cost": torch.ones(3, 4)}, r"square C×C matrix"),
-        ({"cost": 3}, r"cost must be 'uniform', a file path or a C×C tensor, got int"),
-    ],
-)
-def test_plugin_argument_errors(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        WKDLogit(**kwargs)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The plug-in.
 
 
@@ -489,7 +429,7 @@ def test_plugin_uniform_cost_built_on_first_use_and_checked() -> None:
         out["wd"], 30.0 * wkd_logit_loss(z_s, z_t, y, sharpen_cost(uniform_cost(7), 1.0), 2.0)[1]
     )
     z_s8, z_t8, y8, _ = _inputs(4, 8, seed=93)
-    with pytest.raises(ValueError, match=r"cost matrix is 7×7 but the logits have 8 classes"):
+    with pytest.raises(ValueError, match=r"the cost matrix is 7×7 but the logits have C = 8 classes"):
         loss(_ctx(z_s8, z_t8, y8))
     with pytest.raises(ValueError, match="needs teacher logits"):
         loss(_ctx(z_s, None, y))
@@ -559,10 +499,3 @@ def test_cost_files(tmp_path) -> None:
         loss = WKDLogit(cost=path, weight=1.0, kappa=2.0)
         assert loss.cost_source == str(path)
         torch.testing.assert_close(loss(_ctx(z_s, z_t, y))["wd"], expected)
-
-    bad = tmp_path / "bad.pt"
-    torch.save({"matrix": raw}, bad)
-    with pytest.raises(ValueError, match=r"dict without a 'cost' entry \(keys: \['matrix'\]\)"):
-        load_cost(bad)
-    with pytest.raises(FileNotFoundError, match=r"missing\.pt.*does not exist.*wkd-ir.*torch\.save"):
-        WKDLogit(cost=str(tmp_path / "missing.pt"))

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels, float32
+from wkd_lightning.losses.base import (
+    DistillationContext,
+    DistillationLoss,
+    check_logits,
+    check_number,
+    class_indices,
+    float32,
+)
 from wkd_lightning.losses.schedule import LinearWarmup, WeightSchedule
 
 
@@ -48,7 +55,7 @@ def dkd_loss(
     Args:
         student_logits: ``z_s``, B×C.
         teacher_logits: ``z_t``, B×C.
-        target: B class indices.
+        target: B class indices, or B×C soft/mixed labels (their argmax is the target).
         alpha: ``α``, weight of TCKD.
         beta: ``β``, weight of NCKD.
         temperature: ``T``.
@@ -57,24 +64,15 @@ def dkd_loss(
         ``(α · TCKD, β · NCKD)``, two scalars.
 
     Raises:
-        ValueError: for mismatched shapes, fewer than 2 classes, labels outside ``[0, C)``, ``T ≤ 0`` or negative
-            weights.
+        ValueError: for mismatched or non-2-D logits, fewer than 2 classes, NaN/inf logits, labels of the wrong
+            shape or outside ``[0, C)``, a ``temperature`` that is not > 0, or negative weights.
     """
-    if temperature <= 0:
-        raise ValueError(f"dkd_loss: temperature must be > 0, got {temperature}.")
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"dkd_loss: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
-    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape or student_logits.shape[1] < 2:
-        raise ValueError(
-            f"dkd_loss: expected student and teacher logits of the same B×C shape with C >= 2, got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
-        )
-    if target.shape != student_logits.shape[:1]:
-        raise ValueError(
-            f"dkd_loss: expected B = {student_logits.shape[0]} class indices as target, got shape "
-            f"{tuple(target.shape)}. Reduce soft labels with argmax first."
-        )
-    check_labels(target, student_logits.shape[1])
+    name = "dkd_loss"
+    check_number(temperature, "temperature", name, positive=True)
+    check_number(alpha, "alpha", name)
+    check_number(beta, "beta", name)
+    check_logits(student_logits, teacher_logits, name, min_classes=2)
+    target = class_indices(target, student_logits, name)
     target_mask = F.one_hot(target.long(), student_logits.shape[1]).bool()
     log_b_s, log_p_s = _binary_and_non_target_log_probs(float32(student_logits) / temperature, target_mask)
     with torch.no_grad():
@@ -113,19 +111,13 @@ class DKD(DistillationLoss):
         schedule: WeightSchedule | None = None,
     ) -> None:
         super().__init__(weight, schedule if schedule is not None else LinearWarmup(warmup_epochs))
-        if temperature <= 0:
-            raise ValueError(f"DKD: temperature must be > 0, got {temperature}.")
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"DKD: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}.")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.temperature = float(temperature)
+        self.alpha = check_number(alpha, "alpha", "DKD")
+        self.beta = check_number(beta, "beta", "DKD")
+        self.temperature = check_number(temperature, "temperature", "DKD", positive=True)
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
-        teacher_logits = self.check_same_classes(ctx.student_logits, ctx.teacher_logits, self.name)
-        tckd, nckd = dkd_loss(
-            ctx.student_logits, teacher_logits, ctx.hard_target, self.alpha, self.beta, self.temperature
-        )
+        teacher_logits = self.require_teacher_logits(ctx)
+        tckd, nckd = dkd_loss(ctx.student_logits, teacher_logits, ctx.target, self.alpha, self.beta, self.temperature)
         factor = self.scheduled_weight(ctx)
         return {"tckd": factor * tckd, "nckd": factor * nckd}
 

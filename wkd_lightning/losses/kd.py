@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, float32
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_logits, check_number, float32
 from wkd_lightning.losses.schedule import WeightSchedule
 
 
@@ -13,9 +13,13 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     """``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, averaged over the batch.
 
     The ``T²`` factor keeps the gradient scale independent of ``T`` (Hinton et al., 2015).
+
+    Raises:
+        ValueError: for a ``temperature`` that is not a finite number > 0, logits that are not two B×C tensors of the
+            same shape, or NaN/inf logits (the message names the side).
     """
-    if temperature <= 0:
-        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}.")
+    check_number(temperature, "temperature", "kd_loss", positive=True)
+    check_logits(student_logits, teacher_logits, "kd_loss")
     log_p_s = F.log_softmax(float32(student_logits) / temperature, dim=1)
     log_p_t = F.log_softmax(float32(teacher_logits).detach() / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
@@ -34,10 +38,8 @@ class KD(DistillationLoss):
 
     def __init__(self, temperature: float = 4.0, weight: float = 1.0, schedule: WeightSchedule | None = None) -> None:
         super().__init__(weight, schedule)
-        if temperature <= 0:
-            raise ValueError(f"KD: temperature must be > 0, got {temperature}.")
-        self.temperature = float(temperature)
+        self.temperature = check_number(temperature, "temperature", "KD", positive=True)
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
-        teacher_logits = self.check_same_classes(ctx.student_logits, ctx.teacher_logits, self.name)
+        teacher_logits = self.require_teacher_logits(ctx)
         return {"kl": self.scheduled_weight(ctx) * kd_loss(ctx.student_logits, teacher_logits, self.temperature)}

@@ -37,16 +37,6 @@ _SUPPORTED_RATIOS = (
 )
 
 
-def _check_shape(shape: Sequence[int], side: str) -> tuple[int, int, int, int]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(
-            f"make_projector: the {side} feature shape must be a B×C×H×W shape with positive sizes, got {shape}. "
-            "Projectors map convolutional feature maps; pick a module path whose output is a 4-D map."
-        )
-    return shape  # type: ignore[return-value]
-
-
 def spatial_relation(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> str:
     """How the student map's spatial size relates to the teacher's.
 
@@ -61,8 +51,17 @@ def spatial_relation(student_shape: Sequence[int], teacher_shape: Sequence[int])
     Raises:
         ValueError: if a shape is not 4-D, or the spatial sizes are in no supported ratio.
     """
-    _, _, hs, ws = _check_shape(student_shape, "student")
-    _, _, ht, wt = _check_shape(teacher_shape, "teacher")
+    student, teacher = tuple(int(s) for s in student_shape), tuple(int(s) for s in teacher_shape)
+    for side, shape in (("student", student), ("teacher", teacher)):
+        if len(shape) != 4 or min(shape) < 1:
+            raise ValueError(
+                f"make_projector: cannot map a student feature map of shape {student} to a teacher map of shape "
+                f"{teacher}: the {side} shape is not a B×C×H×W (4-D) shape with positive sizes. The projectors "
+                f"{PROJECTOR_KINDS} map convolutional feature maps; pick a module path (student_path / teacher_path) "
+                "whose output is a 4-D map."
+            )
+    _, _, hs, ws = student
+    _, _, ht, wt = teacher
     if (hs, ws) == (ht, wt):
         return "same"
     if (hs, ws) == (2 * ht, 2 * wt):
@@ -70,9 +69,10 @@ def spatial_relation(student_shape: Sequence[int], teacher_shape: Sequence[int])
     if (2 * hs, 2 * ws) == (ht, wt):
         return "up"
     raise ValueError(
-        f"make_projector: cannot map a student feature map of shape {tuple(student_shape)} to a teacher map of shape "
-        f"{tuple(teacher_shape)}: spatial sizes {hs}×{ws} → {ht}×{wt}. Supported: {_SUPPORTED_RATIOS}. Choose "
-        "feature layers (student_path / teacher_path) whose spatial sizes are in one of these ratios."
+        f"make_projector: cannot map a student feature map of shape {student} to a teacher map of shape {teacher}: "
+        f"spatial sizes {hs}×{ws} → {ht}×{wt}. Supported by every projector kind "
+        f"{PROJECTOR_KINDS}: {_SUPPORTED_RATIOS}. Choose feature layers (student_path / teacher_path) whose spatial "
+        "sizes are in one of these ratios."
     )
 
 

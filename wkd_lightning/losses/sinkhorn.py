@@ -37,6 +37,8 @@ import math
 import torch
 from torch import Tensor
 
+from wkd_lightning.losses.base import check_integer, check_number
+
 #: The ``+1e-8`` added to both denominators of the released Sinkhorn updates (SPEC §1.4). Keep it for faithful
 #: results; ``0.0`` gives textbook Sinkhorn (for testing and analysis only: a zero denominator then gives inf/NaN).
 RELEASED_STABILIZER = 1e-8
@@ -56,8 +58,7 @@ def gibbs_kernel(cost: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     Returns:
         ``(K, K∘M)``, both C×C.
     """
-    if eps <= 0:
-        raise ValueError(f"gibbs_kernel: eps must be > 0, got {eps}.")
+    check_number(eps, "eps", "gibbs_kernel", positive=True)
     kernel = torch.exp(-cost / eps)
     return kernel, kernel * cost
 
@@ -107,7 +108,7 @@ def sinkhorn_scalings(
     Returns:
         ``(u, v)``, both B×C; the plan of sample ``b`` is ``diag(u_b) K diag(v_b)``.
     """
-    _check_iters(iters, "sinkhorn_scalings")
+    check_integer(iters, "iters", "sinkhorn_scalings")
     kernel_t = kernel.t()
     u = u0
     v = b
@@ -155,7 +156,7 @@ def sinkhorn_cost(
     Returns:
         ``W``, a length-B vector.
     """
-    _check_iters(iters, "sinkhorn_cost")
+    check_integer(iters, "iters", "sinkhorn_cost")
     if (
         torch.is_grad_enabled()
         and a.requires_grad
@@ -325,14 +326,8 @@ def sinkhorn_cost_stable(
     Raises:
         ValueError: if ``max(M)/ε`` exceeds :data:`MAX_STABLE_COST_OVER_EPS`.
     """
-    _check_iters(iters, "sinkhorn_cost_stable")
-    ratio = float(cost.detach().max()) / eps
-    if ratio > MAX_STABLE_COST_OVER_EPS:
-        raise ValueError(
-            f"sinkhorn_cost_stable: max(cost)/eps = {ratio:.4g} exceeds {MAX_STABLE_COST_OVER_EPS:g}; exp(-cost/eps) "
-            "cannot be represented even in float64. Sharpen the cost (kappa > 0 maps it into [0, 1)), rescale it, "
-            "or use a larger sinkhorn_eps."
-        )
+    check_integer(iters, "iters", "sinkhorn_cost_stable")
+    check_stable_range(cost, eps, "sinkhorn_cost_stable")
     out_dtype = log_a.dtype
     cost64 = cost.detach().double()
     kernel = torch.exp(-cost64 / eps)
@@ -351,6 +346,27 @@ def sinkhorn_cost_stable(
     v_scaled, shift_v = _split_scale(log_v)
     w = (u_scaled * (v_scaled @ kernel_cost_t)).sum(dim=1) * torch.exp(shift_u + shift_v).squeeze(1)
     return w.to(out_dtype)
+
+
+def check_stable_range(cost: Tensor, eps: float, name: str) -> None:
+    """Raise if ``max(M)/ε`` exceeds :data:`MAX_STABLE_COST_OVER_EPS`, where even float64 cannot hold the kernel.
+
+    Args:
+        cost: ``M``, C×C.
+        eps: ``ε``.
+        name: the caller, for the message.
+
+    Raises:
+        ValueError: naming the ratio, the cost maximum and ``ε``, and what to change.
+    """
+    high = float(cost.detach().max())
+    ratio = high / eps
+    if ratio > MAX_STABLE_COST_OVER_EPS:
+        raise ValueError(
+            f"{name}: max(cost)/eps = {high:.4g}/{eps:g} = {ratio:.4g} exceeds {MAX_STABLE_COST_OVER_EPS:g}; "
+            "exp(-cost/eps) cannot be represented even in float64. Sharpen the cost (kappa > 0 maps it into [0, 1)), "
+            "rescale it, or use a larger sinkhorn_eps."
+        )
 
 
 def sinkhorn_plan(
@@ -376,8 +392,3 @@ def _split_scale(log_x: Tensor) -> tuple[Tensor, Tensor]:
     it), so ``max scaled = 1``."""
     shift = log_x.detach().amax(dim=1, keepdim=True)
     return torch.exp(log_x - shift), shift
-
-
-def _check_iters(iters: int, name: str) -> None:
-    if int(iters) != iters or iters < 1:
-        raise ValueError(f"{name}: iters must be an integer >= 1, got {iters!r}.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wkd_lightning.losses.base import DistillationContext, float32
+from wkd_lightning.losses.base import DistillationContext, check_finite, check_integer, check_number, float32
 from wkd_lightning.losses.projectors import ProjectedFeatureLoss
 from wkd_lightning.losses.schedule import WeightSchedule
 
@@ -27,17 +27,19 @@ _EIGENVALUE_FLOOR = 1e-13
 COVARIANCE_KINDS: tuple[str, ...] = ("diagonal", "full")
 
 
-def _check_maps(student_feat: Tensor, teacher_feat: Tensor, grid: int, name: str) -> None:
+def _check_maps(student_feat: Tensor, teacher_feat: Tensor, grid: int, name: str) -> int:
+    """Check the two maps (same B×C×H×W shape, B >= 1, finite) and return ``grid`` as an int >= 1."""
     if student_feat.ndim != 4 or student_feat.shape != teacher_feat.shape:
         raise ValueError(
             f"{name}: expected student and teacher feature maps of the same B×C×H×W shape, got "
             f"{tuple(student_feat.shape)} and {tuple(teacher_feat.shape)}. Project the student map to the teacher's "
             "shape first (see wkd_lightning.losses.projectors.make_projector)."
         )
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise ValueError(f"{name}: grid must be an integer >= 1, got {grid!r}.")
+    grid = check_integer(grid, "grid", name)
     if student_feat.shape[0] == 0:
         raise ValueError(f"{name}: got an empty batch (B = 0).")
+    check_finite(student_feat, teacher_feat, "feature maps", name)
+    return grid
 
 
 def cell_bounds(size: int, grid: int) -> list[tuple[int, int]]:
@@ -123,9 +125,10 @@ def gaussian_wd_loss(student_feat: Tensor, teacher_feat: Tensor, grid: int = 1) 
         ``(L_mean, L_std)``, two scalars.
 
     Raises:
-        ValueError: if the shapes differ or are not 4-D, or ``grid`` is not an integer ≥ 1.
+        ValueError: if the shapes differ or are not 4-D, a map holds NaN/inf (the message names the side), or
+            ``grid`` is not an integer ≥ 1.
     """
-    _check_maps(student_feat, teacher_feat, grid, "gaussian_wd_loss")
+    grid = _check_maps(student_feat, teacher_feat, grid, "gaussian_wd_loss")
     with torch.autocast(device_type=student_feat.device.type, enabled=False):
         mu_s, var_s = cell_mean_var(float32(student_feat), grid)
         mu_t, var_t = cell_mean_var(float32(teacher_feat).detach(), grid)
@@ -191,9 +194,10 @@ def gaussian_wd_full_cov(student_feat: Tensor, teacher_feat: Tensor, grid: int =
         ``(L_mean, L_cov)``, two fp32 scalars.
 
     Raises:
-        ValueError: if the shapes differ or are not 4-D, or ``grid`` is not an integer ≥ 1.
+        ValueError: if the shapes differ or are not 4-D, a map holds NaN/inf (the message names the side), or
+            ``grid`` is not an integer ≥ 1.
     """
-    _check_maps(student_feat, teacher_feat, grid, "gaussian_wd_full_cov")
+    grid = _check_maps(student_feat, teacher_feat, grid, "gaussian_wd_full_cov")
     with torch.autocast(device_type=student_feat.device.type, enabled=False):
         mu_s, cov_s = cell_mean_cov(student_feat.double(), grid)
         mu_t, cov_t = cell_mean_cov(teacher_feat.detach().double(), grid)
@@ -237,14 +241,10 @@ class WKDFeature(ProjectedFeatureLoss):
         schedule: WeightSchedule | None = None,
     ) -> None:
         super().__init__(student_path, teacher_path, projector, weight, schedule)
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"WKDFeature: grid must be an integer >= 1, got {grid!r}.")
-        if mean_weight < 0:
-            raise ValueError(f"WKDFeature: mean_weight (ρ) must be >= 0, got {mean_weight}.")
         if covariance not in COVARIANCE_KINDS:
             raise ValueError(f"WKDFeature: covariance must be one of {COVARIANCE_KINDS}, got {covariance!r}.")
-        self.grid = grid
-        self.mean_weight = float(mean_weight)
+        self.grid = check_integer(grid, "grid", "WKDFeature")
+        self.mean_weight = check_number(mean_weight, "mean_weight (ρ)", "WKDFeature")
         self.covariance = covariance
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:

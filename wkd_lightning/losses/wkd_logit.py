@@ -22,9 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels
+from wkd_lightning.losses.base import (
+    DistillationContext,
+    DistillationLoss,
+    check_integer,
+    check_logits,
+    check_number,
+    class_indices,
+)
 from wkd_lightning.losses.schedule import WeightSchedule
 from wkd_lightning.losses.sinkhorn import (
+    check_stable_range,
     gibbs_kernel,
     initial_scaling,
     kernel_underflows,
@@ -52,9 +60,7 @@ def sharpen_cost(cost: Tensor, kappa: float) -> Tensor:
         cost: ``D``, a C×C matrix of category distances.
         kappa: the sharpening factor ``κ``.
     """
-    if not math.isfinite(kappa) or kappa < 0:
-        raise ValueError(f"sharpen_cost: kappa must be a finite number >= 0, got {kappa}.")
-    if kappa == 0:
+    if check_number(kappa, "kappa", "sharpen_cost") == 0:
         return cost
     return 1.0 - torch.exp(-kappa * cost)
 
@@ -74,31 +80,38 @@ def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
         The (sharpened) C×C cost matrix in fp32 on the CPU.
 
     Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the file holds something else, or the matrix is not a finite square matrix.
+        FileNotFoundError: if the file does not exist (the message says how to make one).
+        ValueError: if ``torch.load(..., weights_only=True)`` cannot read the file, the file holds something else, or
+            the matrix is not a finite square matrix (the message names the file and counts the NaN/inf entries).
     """
     path = Path(path)
+    source = f"WKD-L cost file {str(path)!r}"
+    expected = "expected a C×C tensor or a dict {'cost': C×C tensor, ...metadata}"
     if not path.is_file():
         raise FileNotFoundError(
-            f"WKD-L cost file {str(path)!r} does not exist. Cost files are written by the IR tool (`wkd-ir`) "
-            "or by `torch.save(D, path)` of a C×C tensor of category distances; or pass cost='uniform'."
+            f"{source} does not exist. Make one from a trained teacher with the IR tool, e.g. "
+            "`wkd-ir -c configs/fashion_mnist/ir.yaml` (it writes <output_dir>/<method>.pt), or save a C×C tensor "
+            "of category distances with `torch.save(D, path)`; or pass cost='uniform'."
         )
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types (UnpicklingError, EOFError, KeyError...) for bad files
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{source} could not be read with torch.load(weights_only=True) ({type(err).__name__}: {reason}); "
+            f"{expected}, written by `wkd-ir` or by torch.save(torch.as_tensor(D), path)."
+        ) from err
     kappa_applied = False
     if isinstance(obj, dict):
         if "cost" not in obj:
             raise ValueError(
-                f"WKD-L cost file {str(path)!r} holds a dict without a 'cost' entry (keys: {sorted(map(str, obj))}); "
-                "expected a C×C tensor or a dict {'cost': C×C tensor, ...metadata}."
+                f"{source} holds a dict without a 'cost' entry (keys: {sorted(map(str, obj))}); {expected}."
             )
         kappa_applied = bool(obj.get("kappa_applied", False))
         obj = obj["cost"]
     if not isinstance(obj, Tensor):
-        raise ValueError(
-            f"WKD-L cost file {str(path)!r} holds a {type(obj).__name__}; expected a C×C tensor or a dict "
-            "{'cost': C×C tensor, ...metadata}."
-        )
-    cost = _check_cost(obj.float(), None, f"WKD-L cost file {str(path)!r}")
+        raise ValueError(f"{source} holds a {type(obj).__name__}; {expected}.")
+    cost = _check_cost(obj.float(), None, source)
     return cost if kappa_applied else sharpen_cost(cost, kappa)
 
 
@@ -131,16 +144,15 @@ def wkd_logit_loss(
         ``(L_t, W)``: the target term at temperature 1 and the mean non-target transport cost, fp32 scalars.
 
     Raises:
-        ValueError: on mismatched shapes, fewer than 2 classes, labels outside ``[0, C)``, a cost that is not a
-            finite C×C matrix with a non-negative diagonal, or a non-positive ``temperature``/``sinkhorn_eps``, or
-            ``sinkhorn_iters < 1``.
+        ValueError: on non-2-D or mismatched logits, fewer than 2 classes, NaN/inf logits (naming the side), labels
+            of the wrong shape or outside ``[0, C)``, a cost that is not a finite C×C matrix, a non-positive
+            ``temperature``/``sinkhorn_eps``, ``sinkhorn_iters < 1``, or a cost too large for ``sinkhorn_eps`` even
+            in float64 (``max M/ε`` > 650).
     """
     name = "wkd_logit_loss"
-    _check_logits(student_logits, teacher_logits, name)
-    num_classes = student_logits.shape[1]
     _check_hparams(temperature, sinkhorn_eps, sinkhorn_iters, name)
-    cost = _check_cost(cost, num_classes, name)
-    hard_target = _hard_target(target, student_logits, name)
+    hard_target = _checked_inputs(student_logits, teacher_logits, target, name)
+    cost = _check_cost(cost, student_logits.shape[1], name)
     device = student_logits.device
     with torch.autocast(device_type=device.type, enabled=False):
         cost_m = positive_cost(cost.to(device=device, dtype=_compute_dtype(student_logits)))
@@ -208,13 +220,10 @@ class WKDLogit(DistillationLoss):
     ) -> None:
         super().__init__(weight, schedule)
         cls = type(self).__name__
-        _check_hparams(temperature, sinkhorn_eps, sinkhorn_iters, cls)
-        if not math.isfinite(kappa) or kappa < 0:
-            raise ValueError(f"{cls}: kappa must be a finite number >= 0, got {kappa}.")
-        self.temperature = float(temperature)
-        self.kappa = float(kappa)
-        self.sinkhorn_eps = float(sinkhorn_eps)
-        self.sinkhorn_iters = int(sinkhorn_iters)
+        self.temperature, self.sinkhorn_eps, self.sinkhorn_iters = _check_hparams(
+            temperature, sinkhorn_eps, sinkhorn_iters, cls
+        )
+        self.kappa = check_number(kappa, "kappa", cls)
         self.cost_source = "tensor" if isinstance(cost, Tensor) else str(cost)
         self.register_buffer("cost_matrix", None, persistent=False)
         self.register_buffer("kernel", None, persistent=False)
@@ -226,7 +235,9 @@ class WKDLogit(DistillationLoss):
             if cost != "uniform":
                 self.set_cost(load_cost(cost, self.kappa), sharpened=True)
         else:
-            raise ValueError(f"{cls}: cost must be 'uniform', a file path or a C×C tensor, got {type(cost).__name__}.")
+            raise ValueError(
+                f"{cls}: cost must be 'uniform', a file path or a C×C tensor, got {type(cost).__name__} ({cost!r})."
+            )
 
     @property
     def num_classes(self) -> int | None:
@@ -241,31 +252,34 @@ class WKDLogit(DistillationLoss):
                 (the CPU before the first one).
             sharpened: whether ``cost`` is already sharpened (as returned by :func:`load_cost`); if not, it is
                 sharpened here with ``κ`` (like a tensor passed to ``__init__``).
+
+        Raises:
+            ValueError: if ``cost`` is not a finite square matrix of size >= 2, or is too large for ``sinkhorn_eps``
+                even in float64 (checked here, so a bad configuration fails when the loss is made, not mid-run).
         """
-        cost = _check_cost(cost.detach().float(), None, f"{type(self).__name__}.set_cost")
+        name = f"{type(self).__name__}.set_cost"
+        cost = _check_cost(cost.detach().float(), None, name)
         if not sharpened:
             cost = sharpen_cost(cost, self.kappa)
         device = self.cost_matrix.device if self.cost_matrix is not None else cost.device
         with torch.no_grad():
             cost_m = positive_cost(cost.to(device))
             kernel, kernel_cost = gibbs_kernel(cost_m, self.sinkhorn_eps)
+        stable = kernel_underflows(cost_m, self.sinkhorn_eps)
+        if stable:
+            check_stable_range(cost_m, self.sinkhorn_eps, name)
         self.cost_matrix, self.kernel, self.kernel_cost = cost_m, kernel, kernel_cost
-        self._stable = kernel_underflows(cost_m, self.sinkhorn_eps)
+        self._stable = stable
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
-        teacher_logits = self.check_same_classes(ctx.student_logits, ctx.teacher_logits, self.name)
         student_logits = ctx.student_logits
-        if student_logits.ndim != 2 or student_logits.shape[1] < 2:
-            raise ValueError(f"{self.name}: expected B×C logits with C >= 2, got shape {tuple(student_logits.shape)}.")
+        teacher_logits = self.require_teacher_logits(ctx)
+        hard_target = _checked_inputs(student_logits, teacher_logits, ctx.target, self.name)
         num_classes = student_logits.shape[1]
         if self.cost_matrix is None:
             self.set_cost(uniform_cost(num_classes).to(student_logits.device))
-        elif self.num_classes != num_classes:
-            raise ValueError(
-                f"{self.name}: the cost matrix is {self.num_classes}×{self.num_classes} but the logits have "
-                f"{num_classes} classes; use a cost computed for this dataset's classes."
-            )
-        hard_target = _hard_target(ctx.target, student_logits, self.name)
+        else:
+            _check_cost_size(self.cost_matrix.shape[0], num_classes, f"{self.name} (cost {self.cost_source!r})")
         assert self.cost_matrix is not None and self.kernel is not None and self.kernel_cost is not None
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             l_t, w = _wkd_logit_terms(
@@ -332,69 +346,47 @@ def _wkd_logit_terms(
     return l_t, w.mean()
 
 
-def _check_logits(student_logits: Tensor, teacher_logits: Tensor, name: str) -> None:
-    if student_logits.ndim != 2:
-        raise ValueError(f"{name}: expected B×C student logits, got shape {tuple(student_logits.shape)}.")
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"{name}: teacher logits have shape {tuple(teacher_logits.shape)} but student logits have "
-            f"{tuple(student_logits.shape)}; teacher and student must predict the same classes."
-        )
-    if student_logits.shape[1] < 2:
-        raise ValueError(
-            f"{name}: WKD-L needs at least 2 classes (C−1 >= 1 non-target classes), got C = {student_logits.shape[1]}."
-        )
+def _checked_inputs(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, name: str) -> Tensor:
+    """Validate the logits (B×C, same shape, C >= 2, finite) and return the class indices of ``target``."""
+    check_logits(student_logits, teacher_logits, name, min_classes=2)
+    return class_indices(target, student_logits, name)
 
 
-def _check_hparams(temperature: float, eps: float, iters: int, name: str) -> None:
-    if not temperature > 0:
-        raise ValueError(f"{name}: temperature must be > 0, got {temperature}.")
-    if not eps > 0:
-        raise ValueError(f"{name}: sinkhorn_eps must be > 0, got {eps}.")
-    if isinstance(iters, bool) or int(iters) != iters or iters < 1:
-        raise ValueError(f"{name}: sinkhorn_iters must be an integer >= 1, got {iters!r}.")
+def _check_hparams(temperature: float, eps: float, iters: int, name: str) -> tuple[float, float, int]:
+    """Return ``(τ, ε, iterations)`` as float, float, int after checking them."""
+    return (
+        check_number(temperature, "temperature", name, positive=True),
+        check_number(eps, "sinkhorn_eps", name, positive=True, hint="The release uses 0.05."),
+        check_integer(iters, "sinkhorn_iters", name),
+    )
+
+
+def _check_cost_size(cost_classes: int, num_classes: int, name: str) -> None:
+    if cost_classes != num_classes:
+        raise ValueError(
+            f"{name}: the cost matrix is {cost_classes}×{cost_classes} but the logits have C = {num_classes} classes; "
+            f"use a cost computed for this dataset's {num_classes} classes (e.g. with `wkd-ir` on its teacher), or "
+            "cost='uniform'."
+        )
 
 
 def _check_cost(cost: Tensor, num_classes: int | None, name: str) -> Tensor:
-    """Return ``cost`` after checking it is a finite square matrix (of size C if given) with a diagonal >= 0."""
+    """Return ``cost`` after checking it is a finite square matrix of size >= 2 (and C if given).
+
+    Negative entries are allowed: ``M = relu(D) + 1e-8`` maps them to the floor, as the release does (SPEC §1.3).
+    """
     if not isinstance(cost, Tensor):
         raise ValueError(f"{name}: cost must be a C×C tensor, got {type(cost).__name__}.")
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"{name}: cost must be a square C×C matrix, got shape {tuple(cost.shape)}.")
-    if num_classes is not None and cost.shape[0] != num_classes:
-        raise ValueError(
-            f"{name}: cost is {cost.shape[0]}×{cost.shape[1]} but the logits have C = {num_classes} classes; "
-            "the cost must be C×C for the logits' classes."
-        )
+    if num_classes is not None:
+        _check_cost_size(cost.shape[0], num_classes, name)
     if cost.shape[0] < 2:
         raise ValueError(f"{name}: cost must be at least 2×2, got {tuple(cost.shape)}.")
-    if not bool(torch.isfinite(cost).all()):
-        raise ValueError(f"{name}: cost contains non-finite values (NaN or inf); every entry must be finite.")
-    diag_min = float(cost.diagonal().min())
-    if diag_min < 0:
+    bad = int((~torch.isfinite(cost)).sum())
+    if bad:
         raise ValueError(
-            f"{name}: cost has a negative diagonal entry ({diag_min:.4g}); a class's distance to itself must be >= 0 "
-            "(normally 0)."
+            f"{name}: cost has {bad} non-finite entries (NaN or inf) of {cost.numel()}; every entry must be finite. "
+            "Recompute the matrix (e.g. with `wkd-ir`) or replace those entries."
         )
     return cost
-
-
-def _hard_target(target: Tensor, logits: Tensor, name: str) -> Tensor:
-    """Class indices from 1-D labels or the argmax of B×C soft labels, checked against the logits."""
-    batch, num_classes = logits.shape
-    if target.ndim == 2:
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"{name}: soft targets have shape {tuple(target.shape)} but the logits have {tuple(logits.shape)}; "
-                "expected B class indices or B×C soft labels."
-            )
-        target = target.argmax(dim=1)
-    elif target.ndim != 1 or target.shape[0] != batch:
-        raise ValueError(
-            f"{name}: targets have shape {tuple(target.shape)}; expected {batch} class indices or "
-            f"{batch}×{num_classes} soft labels."
-        )
-    elif target.is_floating_point():
-        raise ValueError(f"{name}: 1-D targets must be integer class indices, got dtype {target.dtype}.")
-    check_labels(target, num_classes)
-    return target
