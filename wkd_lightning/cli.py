@@ -32,20 +32,24 @@ class WKDCLI(LightningCLI):
     """LightningCLI with the project's defaults: best/last checkpoints, run summary, CSV log in the run dir."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Two checkpoint callbacks: Lightning 2.6's `save_last` of a monitoring ModelCheckpoint only refreshes
+        # last.ckpt in epochs where the monitored metric improved, so `last` gets its own unmonitored callback.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/top1",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
-                "checkpoint.save_last": True,
                 "checkpoint.enable_version_counter": False,
+                "last_checkpoint.filename": "last",  # monitor None, top-1: overwritten at every epoch end
+                "last_checkpoint.enable_version_counter": False,
             }
         )
-        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
-        parser.link_arguments("trainer.default_root_dir", "interrupt.dirpath", compute_fn=checkpoint_dir)
+        for group in ("checkpoint", "last_checkpoint", "interrupt"):
+            parser.link_arguments("trainer.default_root_dir", f"{group}.dirpath", compute_fn=checkpoint_dir)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
