@@ -53,6 +53,8 @@ class WKDCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand and config.get("weights_only") is None:
+            config.weights_only = True  # resumed/evaluated checkpoints are read without unpickling code
         model = config.model
         if model.get("teacher") is not None and model.get("teacher_weights") is None:
             raise ValueError(
