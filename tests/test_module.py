@@ -183,3 +183,13 @@ def test_labels_out_of_range_are_an_error(tmp_path):
     bad = TensorDataset(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 12]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         trainer(tmp_path).fit(module, DataLoader(bad, batch_size=4), DataLoader(bad, batch_size=4))
+
+
+def test_batches_may_carry_sample_indices():
+    module = DistillationModule(student=mini_resnet8(), teacher=mini_resnet14(), losses=[KD()])
+    module.log = module.log_dict = lambda *a, **k: None  # no trainer attached: logging is not under test here
+    module._make_metrics(10)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(module.training_step((x, y, torch.arange(4)), 0), module.training_step((x, y), 0))
+    with pytest.raises(ValueError, match=r"batches must be \(x, y\) or \(x, y, index\) tuples, got a tuple of 1"):
+        module.training_step((x,), 0)

@@ -1,19 +1,24 @@
 """``DistillationModule``: a trainable student, an optional frozen teacher and pluggable distillation losses.
 
 One training step: batch → student (+ hooks) and frozen teacher (+ hooks) → :class:`DistillationContext` → each
-loss plug-in → ``CE + Σ weighted terms`` → optimizer. Nothing flows back into the teacher.
+loss plug-in → ``CE + Σ weighted terms`` → optimizer. Nothing flows back into the teacher. The teacher is a pretrained
+network or, for self-KD without one, an online teacher made from the student (:mod:`wkd_lightning.selfkd`);
+:func:`~wkd_lightning.teacher.select_teacher` decides which.
 
 Example:
     >>> from wkd_lightning import DistillationModule
     >>> from wkd_lightning.losses import KD
     >>> from wkd_lightning.models import mini_resnet8, mini_resnet14
     >>> module = DistillationModule(student=mini_resnet8(), teacher=mini_resnet14(), losses=[KD(temperature=4)])
+    >>> from wkd_lightning.selfkd import EMATeacher
+    >>> self_kd = DistillationModule(student=mini_resnet8(), online_teacher=EMATeacher(decay=0.99), losses=[KD()])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from itertools import chain
 
 import lightning as L
@@ -28,9 +33,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from wkd_lightning.checkpoints import describe_mismatch
 from wkd_lightning.hooks import FeatureHooks
 from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels
-from wkd_lightning.teacher import FrozenTeacher
+from wkd_lightning.selfkd.online import OnlineTeacher
+from wkd_lightning.teacher import select_teacher
 
 TEACHER_PREFIX = "teacher."
+#: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
+ONLINE_TEACHER_PREFIX = "online_teacher."
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -59,6 +67,10 @@ class DistillationModule(L.LightningModule):
             not in checkpoints (restored from ``teacher_weights`` when the module is rebuilt).
         teacher_weights: file with the teacher's weights (Lightning checkpoint of a run of this module, a
             ``{"model": state_dict}`` dict or a plain state dict), loaded once at construction.
+        online_teacher: self-KD without a pretrained model: a teacher made from the student while it trains
+            (:class:`~wkd_lightning.selfkd.EMATeacher`, :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`). It
+            excludes ``teacher``/``teacher_weights``, is saved in checkpoints under ``online_teacher.``, and may
+            rebuild the WKD-L cost at every epoch start (see :mod:`wkd_lightning.selfkd.online`).
         losses: distillation loss plug-ins; their weighted terms are added to the cross-entropy (weight 1).
         optimizer: builds the optimizer from the trainable parameters (student and the losses' adapters only).
         lr_scheduler: builds an epoch-wise LR scheduler from the optimizer; ``None`` keeps the LR constant.
@@ -66,6 +78,9 @@ class DistillationModule(L.LightningModule):
         input_size: (channels, height, width) of one input, used for the one-sample probe that checks output
             shapes and builds shape-dependent adapters; taken from the data module's ``input_size`` when not given.
         label_smoothing: label smoothing of the cross-entropy term (0 in the paper).
+
+    Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
+    online teachers that store per-sample predictions.
     """
 
     def __init__(
@@ -73,6 +88,7 @@ class DistillationModule(L.LightningModule):
         student: nn.Module,
         teacher: nn.Module | None = None,
         teacher_weights: str | None = None,
+        online_teacher: OnlineTeacher | None = None,
         losses: Sequence[DistillationLoss] | None = None,
         optimizer: OptimizerCallable = PaperSGD,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -81,18 +97,24 @@ class DistillationModule(L.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
-        if teacher is None and teacher_weights is not None:
-            raise ValueError("teacher_weights was given but no teacher architecture: set `teacher` as well.")
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler"]
+        )
         self.student = student
-        self.teacher = FrozenTeacher(teacher, teacher_weights) if teacher is not None else None
         self.losses = nn.ModuleList(losses or [])
         names = [loss.name for loss in self.losses]
         if len(set(names)) != len(names):
             raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
+        # Before the student's hooks exist: an online teacher may copy the student.
+        self.teacher, self.online_teacher = select_teacher(
+            student, teacher, teacher_weights, online_teacher, self.losses
+        )
         needs_teacher = [loss.name for loss in self.losses if loss.requires_teacher]
-        if needs_teacher and self.teacher is None:
-            raise ValueError(f"losses {needs_teacher} need a teacher, but `teacher` is None.")
+        if needs_teacher and self.teacher is None and self.online_teacher is None:
+            raise ValueError(
+                f"losses {needs_teacher} need a teacher, but `teacher` is None: set `teacher` and `teacher_weights`, "
+                "or an `online_teacher` for self-KD."
+            )
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.num_classes = num_classes
@@ -190,7 +212,29 @@ class DistillationModule(L.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    # ------------------------------------------------------------------ checkpoints: the teacher is never saved
+    # ------------------------------------------------------------------ online teacher: its calls, in order
+    def on_train_start(self) -> None:
+        if self.online_teacher is not None:
+            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+            self.online_teacher.start(
+                num_samples=len(dataset) if isinstance(dataset, Sized) else None,
+                num_classes=self.num_classes,
+                world_size=self.trainer.world_size,
+                device=self.device,
+            )
+
+    def on_train_epoch_start(self) -> None:
+        # Every epoch, resumed ones included: a cost set at run time is not in the checkpoint.
+        if self.online_teacher is not None:
+            self.online_teacher.refresh_costs(self.losses, self.student)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Step the optimizer, then let an online teacher follow the student (the EMA update happens here)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.online_teacher is not None:
+            self.online_teacher.after_optimizer_step(self.student)
+
+    # ------------------------------------------------------------------ checkpoints: never a pretrained teacher
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         for key in [k for k in state if k.startswith(prefix + TEACHER_PREFIX)]:
@@ -204,6 +248,8 @@ class DistillationModule(L.LightningModule):
                 f"the checkpoint holds teacher weights ({saved_teacher[0]}, ...); teachers are loaded from "
                 "`teacher_weights`, never from a student checkpoint."
             )
+        if self.online_teacher is not None:
+            self.online_teacher.prepare_state(state_dict, ONLINE_TEACHER_PREFIX)
         if strict:
             problem = describe_mismatch(self.state_dict(), state_dict)
             if problem:
@@ -217,14 +263,17 @@ class DistillationModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
 
-    def _context(self, x: Tensor, target: Tensor) -> DistillationContext:
+    def _context(self, x: Tensor, target: Tensor, index: Tensor | None) -> tuple[DistillationContext, Tensor | None]:
+        """The step's context, and which samples have teacher logits (``None``: all of them)."""
         student_logits = self.student(x)
         student_features = self.student_hooks.collect()
-        teacher_logits, teacher_features = None, {}
-        if self.uses_teacher:
+        teacher_logits, teacher_features, has_teacher = None, {}, None
+        if self.online_teacher is not None:
+            teacher_logits, has_teacher = self.online_teacher(x, index)
+        elif self.uses_teacher:
             teacher_logits = self.teacher(x)
             teacher_features = self.teacher_hooks.collect() if self.teacher_hooks else {}
-        return DistillationContext(
+        ctx = DistillationContext(
             student_logits=student_logits,
             teacher_logits=teacher_logits,
             target=target,
@@ -233,20 +282,25 @@ class DistillationModule(L.LightningModule):
             epoch=self.current_epoch + 1,
             max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
         )
+        return ctx, has_teacher
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, target = batch
-        ctx = self._context(x, target)
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x, target, index = unpack_batch(batch)
+        ctx, has_teacher = self._context(x, target, index)
         logits = ctx.student_logits
         if target.ndim == 1:
             check_labels(target, logits.shape[1])
         terms = {"ce": F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
-        for loss in self.losses:
-            terms.update({f"{loss.name}/{key}": value for key, value in loss(ctx).items()})
+        distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
+        if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
+            for loss in self.losses:
+                terms.update({f"{loss.name}/{key}": value for key, value in loss(distill_ctx).items()})
         total = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(total):
             bad = [name for name, value in terms.items() if not torch.isfinite(value)]
             raise FloatingPointError(f"non-finite loss at epoch {ctx.epoch}, step {batch_idx}: terms {bad}.")
+        if self.online_teacher is not None:
+            self.online_teacher.observe(index, logits.detach())
         batch_size = x.shape[0]
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
@@ -254,8 +308,8 @@ class DistillationModule(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return total
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, stage: str) -> None:
-        x, target = batch
+    def _evaluate(self, batch: tuple[Tensor, ...], metrics: MetricCollection, stage: str) -> None:
+        x, target, _ = unpack_batch(batch)
         logits = self.student(x)
         check_labels(target, logits.shape[1])
         self.log(f"{stage}/loss", F.cross_entropy(logits.float(), target), batch_size=x.shape[0], sync_dist=True)
@@ -263,10 +317,10 @@ class DistillationModule(L.LightningModule):
         if stage == "val":
             self.val_logit_scale.update(logits.detach().float().abs().mean())
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")
         self.log_dict(self.test_metrics, batch_size=batch[0].shape[0])
 
@@ -293,3 +347,28 @@ class DistillationModule(L.LightningModule):
                 f"chance and its mean |logit| is {logit_scale:.4f}. With WKD-L this follows a near-constant cost "
                 "matrix (`uniform`, `cka_paired`): use a semantic cost, more Sinkhorn iterations or a smaller γ."
             )
+
+
+def unpack_batch(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(x, y)`` or ``(x, y, index)`` → ``(x, y, index or None)``; anything else is an error."""
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        x, target, *index = batch
+        return x, target, index[0] if index else None
+    size = f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
+    raise ValueError(f"batches must be (x, y) or (x, y, index) tuples, got a {type(batch).__name__}{size}.")
+
+
+def restrict_context(ctx: DistillationContext, keep: Tensor) -> DistillationContext | None:
+    """``ctx`` limited to the samples where ``keep`` (B bools) is true; ``None`` when there are none."""
+    if bool(keep.all()):
+        return ctx
+    if not bool(keep.any()):
+        return None
+    return dataclasses.replace(
+        ctx,
+        student_logits=ctx.student_logits[keep],
+        teacher_logits=ctx.teacher_logits[keep],
+        target=ctx.target[keep],
+        student_features={k: v[keep] for k, v in ctx.student_features.items()},
+        teacher_features={k: v[keep] for k, v in ctx.teacher_features.items()},
+    )

@@ -1,18 +1,66 @@
-"""The one place that decides how a teacher is loaded and kept frozen.
+"""The one place that decides where a teacher comes from and how it is kept frozen.
 
-Rules (tested): the teacher is in eval mode at all times, even after Lightning switches the surrounding module to
-train mode; it never requires grad and never enters the optimizer; it runs under ``torch.no_grad``; its weights come
-from a file that is read once with ``weights_only=True`` and are not written into the student's checkpoints.
+Where (:func:`select_teacher`): a pretrained network whose weights come from a file (a released teacher, a run of
+this project, or the previous generation of a Born-Again run), an online teacher made from the student itself
+(:mod:`wkd_lightning.selfkd`: an EMA copy, the previous epoch's predictions), or none.
+
+Rules for networks used as teachers (tested): the teacher is in eval mode at all times, even after Lightning switches
+the surrounding module to train mode; it never requires grad and never enters the optimizer; it runs under
+``torch.no_grad``. A pretrained teacher's weights are read once with ``weights_only=True`` and are not written into
+the student's checkpoints; an online teacher's state cannot be read from anywhere else, so it is saved with them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from wkd_lightning.checkpoints import describe_mismatch, read_state_dict
+
+if TYPE_CHECKING:  # for annotations only: wkd_lightning.selfkd itself imports this module
+    from wkd_lightning.losses.base import DistillationLoss
+    from wkd_lightning.selfkd.online import OnlineTeacher
+
+
+def select_teacher(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    teacher_weights: str | os.PathLike | None,
+    online_teacher: OnlineTeacher | None,
+    losses: Sequence[DistillationLoss],
+) -> tuple[FrozenTeacher | None, OnlineTeacher | None]:
+    """Decide where the soft targets come from: a pretrained network, the student itself, or nowhere.
+
+    Args:
+        student: the network being trained (an online teacher is built from it).
+        teacher: architecture of a pretrained teacher, or ``None``.
+        teacher_weights: its weights file (see :func:`~wkd_lightning.checkpoints.read_state_dict`).
+        online_teacher: a teacher made from the student while it trains, or ``None``.
+        losses: the distillation losses (an online teacher checks it can serve them).
+
+    Returns:
+        ``(frozen pretrained teacher, attached online teacher)``; at most one of them is not ``None``.
+
+    Raises:
+        ValueError: an online teacher together with a pretrained one, weights without an architecture, or losses that
+            the online teacher cannot serve.
+    """
+    if online_teacher is not None and (teacher is not None or teacher_weights is not None):
+        raise ValueError(
+            "online_teacher makes the teacher from the student itself, so it cannot be combined with a pretrained "
+            "`teacher`/`teacher_weights`: remove one of the two (e.g. --model.teacher null --model.teacher_weights "
+            "null)."
+        )
+    if teacher is None and teacher_weights is not None:
+        raise ValueError("teacher_weights was given but no teacher architecture: set `teacher` as well.")
+    if online_teacher is not None:
+        online_teacher.attach(student, losses)
+        return None, online_teacher
+    return (FrozenTeacher(teacher, teacher_weights) if teacher is not None else None), None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, owner: str = "teacher") -> nn.Module:

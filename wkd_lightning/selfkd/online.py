@@ -1,0 +1,142 @@
+"""Online teachers: soft targets made from the student itself while it trains (SPEC §7, no pretrained model).
+
+An :class:`OnlineTeacher` is handed to :class:`~wkd_lightning.module.DistillationModule` as ``online_teacher`` instead
+of a ``teacher``/``teacher_weights`` pair. The module drives it through these calls, in this order:
+
+1. :meth:`~OnlineTeacher.attach` once at construction: build what it needs from the student and check the losses;
+2. :meth:`~OnlineTeacher.prepare_state` before a checkpoint's state dict is loaded (to size lazy buffers);
+3. :meth:`~OnlineTeacher.start` at the start of every fit (checks the training set);
+4. :meth:`~OnlineTeacher.refresh_costs` at the start of every training epoch (the WKD-L cost, see below);
+5. per training step: ``forward(x, index)`` for the teacher logits, :meth:`~OnlineTeacher.observe` with the student's
+   logits once the losses are computed, and :meth:`~OnlineTeacher.after_optimizer_step` after the optimizer step.
+
+Unlike a pretrained teacher, an online teacher's state (an EMA copy, stored predictions) cannot be rebuilt from any
+file, so it is saved in the module's checkpoints under ``online_teacher.`` (the ``teacher.`` prefix stays reserved for
+pretrained teachers, which are never saved).
+
+**WKD-L cost.** With ``refresh_cost`` the C×C category cost ``D`` of every loss that has a ``set_cost`` (WKD-L) is
+rebuilt at the start of each training epoch as ``D_ij = 1 − cos(w_i, w_j)`` of the rows ``w`` of the teacher's final
+linear layer (:func:`~wkd_lightning.ir.methods.classifier_cosine`, the paper's "fc" interrelation). Costs set at run
+time are not in checkpoints, so rebuilding them at every epoch start is also what makes a resumed run use the same
+cost as an uninterrupted one. Without ``refresh_cost`` the WKD-L plug-in keeps its own ``cost`` (a file or
+``uniform``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from wkd_lightning.hooks import resolve_module
+from wkd_lightning.ir.methods import classifier_cosine
+from wkd_lightning.losses.base import DistillationLoss
+
+
+class OnlineTeacher(nn.Module):
+    """Base class of the teachers made from the student during training.
+
+    Args:
+        refresh_cost: rebuild the WKD-L cost from the teacher's classifier at every training epoch start (see the
+            module docstring); a WKD-L plug-in configured with its own cost file is then an error.
+        classifier: dotted path of the final ``nn.Linear`` in the student (``fc``); default: its last ``nn.Linear``.
+    """
+
+    #: Whether ``forward`` needs each sample's index in the training set (batches ``(x, y, index)``).
+    requires_index: bool = False
+
+    def __init__(self, refresh_cost: bool = True, classifier: str | None = None) -> None:
+        super().__init__()
+        self.refresh_cost = refresh_cost
+        self.classifier = classifier
+
+    def attach(self, student: nn.Module, losses: Iterable[DistillationLoss]) -> None:
+        """Build the teacher's parts from ``student`` and check that ``losses`` can be served by it.
+
+        Raises:
+            ValueError: no loss uses a teacher, a loss reads features (online teachers give logits only), a WKD-L
+                plug-in has its own cost file while ``refresh_cost`` is set, or ``student`` has no final linear layer.
+        """
+        losses = list(losses)
+        name = type(self).__name__
+        if not any(loss.requires_teacher for loss in losses):
+            raise ValueError(f"online_teacher {name} is set but no loss uses a teacher: add KD or WKDLogit.")
+        with_features = [loss.name for loss in losses if loss.student_paths or loss.teacher_paths]
+        if with_features:
+            raise ValueError(
+                f"losses {with_features} read intermediate features, but online teacher {name} gives logits only; "
+                "use logit losses (KD, WKDLogit) in self-KD."
+            )
+        if self.refresh_cost:
+            own_cost = [
+                f"{loss.name}: {_own_cost(loss)}" for loss in losses if _own_cost(loss) not in (None, "uniform")
+            ]
+            if own_cost:
+                raise ValueError(
+                    f"online teacher {name} rebuilds the WKD-L cost from its classifier every epoch (refresh_cost), "
+                    f"but the WKD-L plug-ins have their own cost ({', '.join(own_cost)}). Remove their `cost` or set "
+                    "the online teacher's refresh_cost to false to keep it."
+                )
+            final_linear(student, self.classifier)  # fail now, not at the first epoch
+
+    def prepare_state(self, state: Mapping[str, Tensor], prefix: str) -> None:
+        """Make the buffers that ``state`` (a module state dict; own keys start with ``prefix``) will be loaded into."""
+
+    def start(self, *, num_samples: int | None, num_classes: int, world_size: int, device: torch.device) -> None:
+        """Check the training set (``num_samples``: its length, if known) at the start of fit."""
+
+    def cost_network(self, student: nn.Module) -> nn.Module:
+        """The network whose classifier defines the refreshed WKD-L cost (the teacher's, as of now)."""
+        return student
+
+    def refresh_costs(self, losses: Iterable[DistillationLoss], student: nn.Module) -> None:
+        """With ``refresh_cost``: set ``D = classifier_cosine(teacher classifier)`` on every loss with ``set_cost``."""
+        if not self.refresh_cost:
+            return
+        cost = None
+        for loss in losses:
+            if hasattr(loss, "set_cost"):
+                if cost is None:
+                    cost = classifier_cosine(final_linear(self.cost_network(student), self.classifier))
+                loss.set_cost(cost)
+
+    def forward(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Teacher logits for the batch ``x`` (B×C, no grad) and which samples have one (``None``: all of them).
+
+        Args:
+            x: the inputs of the batch.
+            index: each sample's index in the training set, or ``None`` when the batches carry none.
+        """
+        raise NotImplementedError
+
+    def observe(self, index: Tensor | None, student_logits: Tensor) -> None:
+        """See the student's (detached) logits of the batch after the losses are computed."""
+
+    def after_optimizer_step(self, student: nn.Module) -> None:
+        """Follow the student after each optimizer step."""
+
+
+def final_linear(model: nn.Module, path: str | None = None) -> nn.Linear:
+    """The classifier of ``model``: the ``nn.Linear`` at ``path``, or its last ``nn.Linear`` when ``path`` is None.
+
+    Raises:
+        ValueError: no such module, it is not an ``nn.Linear``, or the model has none.
+    """
+    if path is None:
+        linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        if not linears:
+            raise ValueError(
+                f"{type(model).__name__} has no nn.Linear classifier; set the online teacher's `classifier` to the "
+                "path of its final layer, or refresh_cost to false."
+            )
+        return linears[-1]
+    module = resolve_module(model, path, owner="student")
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"online teacher classifier {path!r} is a {type(module).__name__}, not an nn.Linear.")
+    return module
+
+
+def _own_cost(loss: DistillationLoss) -> str | None:
+    """Where a cost-holding loss (WKD-L) took its cost from, or ``None`` for losses without one."""
+    return getattr(loss, "cost_source", None) if hasattr(loss, "set_cost") else None
