@@ -47,8 +47,7 @@ def test_interrupted_fit_leaves_a_checkpoint_that_resumes(how, tmp_path, fashion
 
     make_cli(["fit", *args, "--ckpt_path=last"])
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    epochs_done = final["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
-    assert epochs_done == 2 and final["global_step"] == 10  # the run finished its 2 epochs of 5 steps
+    assert final["epoch"] == 1 and final["global_step"] == 10  # saved at the end of epoch 1: 2 epochs of 5 steps
     assert not saved.exists()  # removed once fit ended normally
     with open(run_dir / "metrics.csv", newline="") as file:
         validated_epochs = {row["epoch"] for row in csv.DictReader(file) if row.get("val/top1")}
@@ -69,3 +68,23 @@ def test_uninterrupted_fit_writes_no_interrupted_checkpoint(tmp_path, fashion_di
     make_cli(["fit", "-c", str(path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *QUIET])
     checkpoints = Path(tmp_path / "runs" / "vanilla" / "checkpoints")
     assert (checkpoints / "last.ckpt").is_file() and not (checkpoints / INTERRUPTED_NAME).exists()
+
+
+class FailAtEpochStart(L.Callback):
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_interruption_before_the_epochs_first_batch_resumes_from_last_ckpt(tmp_path, fashion_dir):
+    """Stopping before any batch of an epoch ran saves nothing new: the resume must not skip that epoch."""
+    path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
+    args = ["-c", str(path), "--trainer.max_epochs=3", "--data.batch_size=40", *QUIET]  # 2 steps per epoch
+    cli = make_cli(args, run=False)
+    cli.trainer.callbacks.append(FailAtEpochStart())
+    with pytest.raises(SystemExit):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    checkpoints = tmp_path / "runs" / "vanilla" / "checkpoints"
+    assert not (checkpoints / INTERRUPTED_NAME).exists()
+    make_cli(["fit", *args, "--ckpt_path=last"])
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 6  # all 3 epochs trained

@@ -33,12 +33,26 @@ class InterruptCheckpoint(L.Callback):
     def __init__(self, dirpath: str | None = None) -> None:
         super().__init__()
         self.dirpath = dirpath
+        self._batches_this_epoch = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._batches_this_epoch = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self._batches_this_epoch += 1
 
     def _path(self, trainer: L.Trainer) -> str:
         return os.path.join(self.dirpath or os.path.join(trainer.default_root_dir, "checkpoints"), INTERRUPTED_NAME)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if self._batches_this_epoch == 0:
+            # Nothing trained since the epoch-end last.ckpt; a checkpoint now would record the epoch as started
+            # with the previous epoch's batch count, and a resume from it would skip the epoch.
+            rank_zero_warn(
+                f"training stopped ({type(exception).__name__}); resume from last.ckpt with `--ckpt_path last`."
+            )
             return
         path = self._path(trainer)
         trainer.save_checkpoint(path)

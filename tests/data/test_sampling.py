@@ -187,3 +187,15 @@ def test_lightning_resume_from_last_ckpt_sees_the_uninterrupted_batches(fashion_
     assert all(e == r and torch.equal(x, u) and torch.equal(y, v) for (e, x, y), (r, u, v) in zip(expected, resumed))
     first_epoch = [batch for batch in uninterrupted if batch[0] == 0]
     assert not torch.equal(first_epoch[0][2], expected[0][2])
+
+
+def test_return_index_appends_each_training_samples_index(fashion_dir):
+    data = FashionMNISTDataModule(data_dir=str(fashion_dir), batch_size=16, num_workers=0, return_index=True)
+    data.setup("fit")
+    seen = []
+    for x, y, index in data.train_dataloader():
+        assert x.shape[0] == y.shape[0] == index.shape[0]
+        assert torch.equal(y, data.train_set.dataset.labels[index])  # the index points at this very sample
+        seen += index.tolist()
+    assert sorted(seen) == list(range(len(data.train_set)))
+    assert len(next(iter(data.val_dataloader()))) == 2  # evaluation batches stay (x, y)

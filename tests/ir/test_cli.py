@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ def test_writes_loadable_cost_files_and_heatmaps_from_a_yaml_config(setup, tmp_p
     }
     path = tmp_path / "ir.yaml"
     path.write_text(yaml.safe_dump(config))
-    results = main(["-c", str(path)])
+    with warnings.catch_warnings():  # features come from the un-augmented training images
+        warnings.filterwarnings("error", message=".*offers no evaluation transform")
+        results = main(["-c", str(path)])
     printed = capsys.readouterr().out
     for method in config["methods"]:
         pt, png = Path(setup["out"]) / f"{method}.pt", Path(setup["out"]) / f"{method}.png"

@@ -178,6 +178,8 @@ class CIFAR100DataModule(L.LightningDataModule):
         augment: random crop and horizontal flip for training.
         pin_memory: pin host memory for faster copies to a GPU (ignored without one).
         seed: data seed: hold-out and subset draws, per-epoch order, per-sample augmentation seeds.
+        return_index: training batches are ``(x, y, index)`` with each sample's index in the training set (needed by
+            :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`); evaluation batches stay ``(x, y)``.
     """
 
     num_classes = NUM_FINE
@@ -193,6 +195,7 @@ class CIFAR100DataModule(L.LightningDataModule):
         augment: bool = True,
         pin_memory: bool = True,
         seed: int = 0,
+        return_index: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or val_size < 0 or (train_size is not None and train_size < 1):
@@ -203,6 +206,7 @@ class CIFAR100DataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.val_size, self.train_size, self.augment, self.seed = val_size, train_size, augment, seed
+        self.return_index = return_index
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -251,7 +255,8 @@ class CIFAR100DataModule(L.LightningDataModule):
         self._fine_to_coarse = fine_to_coarse(torch.cat([test_fine, fine]), torch.cat([test_coarse, coarse]))
         train_index, val_index = split_indices(len(fine), self.val_size, self.train_size, self.seed)
         self.train_set = SeededDataset(
-            CIFARImageDataset(images[train_index], fine[train_index], self.transform(train=True))
+            CIFARImageDataset(images[train_index], fine[train_index], self.transform(train=True)),
+            return_index=self.return_index,
         )
         self.val_set = (
             CIFARImageDataset(images[val_index], fine[val_index], self.transform(train=False))

@@ -96,6 +96,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         seed: data seed: the hold-out and subset draws, the per-epoch training order and the per-sample
             augmentation seeds (see :mod:`wkd_lightning.data.sampling`), so a resumed run sees the same batches as
             an uninterrupted one.
+        return_index: training batches are ``(x, y, index)`` with each sample's index in the training set (needed by
+            :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`); evaluation batches stay ``(x, y)``.
     """
 
     num_classes = 10
@@ -112,6 +114,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         augment: bool = True,
         pin_memory: bool = True,
         seed: int = 0,
+        return_index: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or val_size < 0 or (train_size is not None and train_size < 1):
@@ -122,6 +125,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.val_size, self.train_size, self.augment, self.seed = val_size, train_size, augment, seed
+        self.return_index = return_index
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -139,7 +143,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         images, labels = load_split(self.data_dir, "train")
         train_index, val_index = split_indices(len(labels), self.val_size, self.train_size, self.seed)
         train = ImageTensorDataset(images[train_index], labels[train_index], self.transform(train=True))
-        self.train_set = SeededDataset(train)
+        self.train_set = SeededDataset(train, return_index=self.return_index)
         self.val_set = (
             ImageTensorDataset(images[val_index], labels[val_index], self.transform(train=False))
             if self.val_size

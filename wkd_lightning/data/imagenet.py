@@ -62,6 +62,8 @@ class ImageNetDataModule(L.LightningDataModule):
             function, see :func:`collate_channels_last`).
         pin_memory: pin host memory for faster copies to a GPU (ignored without one).
         seed: data seed: per-epoch order and per-sample augmentation seeds.
+        return_index: training batches are ``(x, y, index)`` with each sample's index in the training set (needed by
+            :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`); evaluation batches stay ``(x, y)``.
     """
 
     input_size = (3, 224, 224)
@@ -75,6 +77,7 @@ class ImageNetDataModule(L.LightningDataModule):
         channels_last: bool = False,
         pin_memory: bool = True,
         seed: int = 0,
+        return_index: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or num_classes < 1:
@@ -85,6 +88,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.num_classes, self.channels_last, self.seed = num_classes, channels_last, seed
+        self.return_index = return_index
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.train_set: Dataset | None = None
         self.val_set: ImageFolder | None = None
@@ -131,7 +135,8 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"({len(val.classes)} vs {len(train.classes)}): only in train {_head(only_train)}, only in val "
                 f"{_head(only_val)}; the class indices would not match. {LAYOUT_SENTENCE}"
             )
-        self.train_set, self.val_set, self.class_names = SeededDataset(train), val, tuple(train.classes)
+        self.train_set = SeededDataset(train, return_index=self.return_index)
+        self.val_set, self.class_names = val, tuple(train.classes)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:

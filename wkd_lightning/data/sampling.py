@@ -122,23 +122,30 @@ class SeededDataset(Dataset):
     function of the seed alone and the global RNG state is restored afterwards. An ``int`` index is passed through
     unseeded (evaluation loaders, Lightning's own sequential samplers).
 
+    With ``return_index``, a sample ``(x, y)`` comes back as ``(x, y, index)``: its position in this dataset, which
+    per-sample state such as :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`'s logit bank is keyed by.
+
     Args:
-        dataset: any map-style dataset.
+        dataset: any map-style dataset of ``(input, label)`` pairs.
+        return_index: append the sample's index to every sample.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, return_index: bool = False) -> None:
         self.dataset = dataset
+        self.return_index = return_index
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         if isinstance(key, (tuple, list)):
-            index, seed = key
+            index, seed = int(key[0]), int(key[1])
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
-                return self.dataset[int(index)]
-        return self.dataset[key]
+                torch.manual_seed(seed)
+                sample = self.dataset[index]
+        else:
+            index, sample = int(key), self.dataset[key]
+        return (*sample, index) if self.return_index else sample
 
 
 def split_indices(n: int, val_size: int, train_size: int | None, seed: int) -> tuple[Tensor, Tensor]:

@@ -35,6 +35,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from torch import nn
 from torch.utils.data import DataLoader
 
+from wkd_lightning.data.sampling import SeededDataset
 from wkd_lightning.hooks import resolve_module
 from wkd_lightning.ir.extract import LOGITS, extract_class_features
 from wkd_lightning.ir.heatmap import plot_cost_heatmap
@@ -198,6 +199,8 @@ def _sequential_loader(datamodule: L.LightningDataModule) -> DataLoader:
     """The training set in order, without augmentation when the data module offers an evaluation transform."""
     train_loader = datamodule.train_dataloader()
     dataset = train_loader.dataset
+    if isinstance(dataset, SeededDataset):  # plain (x, y) samples, no per-sample seeding or indices
+        dataset = dataset.dataset
     make_transform = getattr(datamodule, "transform", None)
     if callable(make_transform) and hasattr(dataset, "transform"):
         dataset = copy.copy(dataset)
