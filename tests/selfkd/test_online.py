@@ -197,7 +197,6 @@ def test_online_config_trains_through_the_cli_with_no_file_on_disk(tmp_path, fas
     assert not torch.allclose(loss.cost_matrix, expected)  # set at the epoch start, before the two EMA updates
 
 
-
 def test_previous_epoch_teacher_trains_through_the_cli_with_indexed_fashion_mnist(tmp_path, fashion_dir):
     config = Path(__file__).resolve().parents[2] / "configs/fashion_mnist/self_kd_online.yaml"
     cli = make_cli(["fit", "-c", str(config), "--data.data_dir", str(fashion_dir), "--data.train_size=null",
@@ -209,6 +208,7 @@ def test_previous_epoch_teacher_trains_through_the_cli_with_indexed_fashion_mnis
     assert isinstance(teacher, PreviousEpochTeacher)
     assert teacher.logits.shape == (80, 10) and bool(teacher.seen.all())  # every training sample stored
     assert float(cli.trainer.callback_metrics["train/loss/wkd_l/wd"]) > 0  # epoch 2 distilled from epoch 1
+
 
 # ------------------------------------------------------------------ bad inputs
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.1, 1.5])
