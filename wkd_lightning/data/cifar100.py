@@ -16,14 +16,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from wkd_lightning.data.sampling import SeededDataset, make_loader, split_indices
+from wkd_lightning.data.base import ClassificationDataModule
+from wkd_lightning.data.sampling import SeededDataset, split_indices
 
 FOLDER = "cifar-100-python"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -156,7 +156,7 @@ class CIFARImageDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-class CIFAR100DataModule(L.LightningDataModule):
+class CIFAR100DataModule(ClassificationDataModule):
     """CIFAR-100: 50k training and 10k test images, 32×32 RGB, 100 classes in 20 superclasses.
 
     Validation uses the test set unless ``val_size`` holds images out of the training set, as the KD literature does
@@ -208,9 +208,6 @@ class CIFAR100DataModule(L.LightningDataModule):
         self.val_size, self.train_size, self.augment, self.seed = val_size, train_size, augment, seed
         self.return_index = return_index
         self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.test_set: Dataset | None = None
         self._fine_to_coarse: Tensor | None = None
 
     @cached_property
@@ -263,28 +260,3 @@ class CIFAR100DataModule(L.LightningDataModule):
             if self.val_size
             else self.test_set
         )
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("CIFAR100DataModule: call setup() before asking for a data loader.")
-        return make_loader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            pin_memory=self.pin_memory,
-            trainer=self.trainer,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

@@ -10,14 +10,14 @@ import gzip
 import os
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from wkd_lightning.data.sampling import SeededDataset, make_loader, split_indices
+from wkd_lightning.data.base import ClassificationDataModule
+from wkd_lightning.data.sampling import SeededDataset, split_indices
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
@@ -78,7 +78,7 @@ class ImageTensorDataset(Dataset):
         return self.transform(self.images[index].unsqueeze(0)), self.labels[index]
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(ClassificationDataModule):
     """Fashion-MNIST: 60k training and 10k test images, 28×28 grey, 10 classes.
 
     Validation uses the test set unless ``val_size`` holds images out of the training set (the CIFAR-100 KD
@@ -127,9 +127,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.val_size, self.train_size, self.augment, self.seed = val_size, train_size, augment, seed
         self.return_index = return_index
         self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
-        self.test_set: Dataset | None = None
 
     def transform(self, train: bool) -> v2.Transform:
         steps = [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()] if train and self.augment else []
@@ -149,28 +146,3 @@ class FashionMNISTDataModule(L.LightningDataModule):
             if self.val_size
             else self.test_set
         )
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("FashionMNISTDataModule: call setup() before asking for a data loader.")
-        return make_loader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            pin_memory=self.pin_memory,
-            trainer=self.trainer,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from wkd_lightning.data.sampling import SeededDataset, make_loader
+from wkd_lightning.data.base import ClassificationDataModule
+from wkd_lightning.data.sampling import SeededDataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = (
@@ -46,7 +46,7 @@ def _head(names: list[str], k: int = 5) -> str:
     return "[" + ", ".join(names[:k]) + (", ..." if len(names) > k else "") + "]"
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(ClassificationDataModule):
     """ImageNet classification: class-folder ``train`` and ``val`` splits, 224×224 crops.
 
     Training: RandomResizedCrop(224) and horizontal flip, seeded per sample (see
@@ -88,10 +88,9 @@ class ImageNetDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.num_classes, self.channels_last, self.seed = num_classes, channels_last, seed
+        self.collate_fn = collate_channels_last if channels_last else None
         self.return_index = return_index
         self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.train_set: Dataset | None = None
-        self.val_set: ImageFolder | None = None
         self.class_names: tuple[str, ...] | None = None
 
     def transform(self, train: bool) -> v2.Transform:
@@ -136,30 +135,5 @@ class ImageNetDataModule(L.LightningDataModule):
                 f"{_head(only_val)}; the class indices would not match. {LAYOUT_SENTENCE}"
             )
         self.train_set = SeededDataset(train, return_index=self.return_index)
-        self.val_set, self.class_names = val, tuple(train.classes)
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("ImageNetDataModule: call setup() before asking for a data loader.")
-        return make_loader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            pin_memory=self.pin_memory,
-            trainer=self.trainer,
-            collate_fn=collate_channels_last if self.channels_last else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        self.val_set = self.test_set = val  # test and predict read the validation split
+        self.class_names = tuple(train.classes)
