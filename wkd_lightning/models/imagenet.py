@@ -19,6 +19,7 @@ from collections import OrderedDict
 import torchvision
 from torch import Tensor, nn
 
+from wkd_lightning.models.init import init_weights
 from wkd_lightning.models.registry import register_model
 
 IMAGENET_SIZE = (3, 224, 224)
@@ -130,15 +131,7 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(OrderedDict(layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.avgpool(self.features(x)).flatten(1))

@@ -15,10 +15,9 @@ pooling (equal there), which also accepts 28×28 inputs.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from wkd_lightning.models.init import init_weights
 from wkd_lightning.models.registry import register_model
 
 # (expansion t, output channels c at width 1, blocks n, stride of the first block s) per stage.
@@ -87,16 +86,7 @@ class MobileNetV2Cifar(nn.Module):
         self.conv2 = _conv_bn_relu(channels, self.last_channel, 1, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv1(x)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wkd_lightning.models.init import init_weights
 from wkd_lightning.models.registry import register_model
 
 
@@ -69,12 +70,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(num_filters[3], blocks, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(num_filters[3] * BasicBlock.expansion, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_planes = planes * BasicBlock.expansion

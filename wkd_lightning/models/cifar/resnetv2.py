@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wkd_lightning.models.init import init_weights
 from wkd_lightning.models.registry import register_model
 
 
@@ -73,12 +74,7 @@ class CifarBottleneckResNet(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512 * Bottleneck.expansion, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, Bottleneck):

@@ -16,11 +16,11 @@ reference (and the WKD release built on it) returns; the pre-activation map is t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from wkd_lightning.models.init import init_weights
 from wkd_lightning.models.registry import register_model
 
 # Output channels of the 3×3 convolutions of each of the five stages.
@@ -75,18 +75,7 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(2, 2)
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(config[-1][-1], num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         height = x.shape[2]

@@ -14,11 +14,10 @@ pooling: the same on the 8×8 map of a 32×32 input, and 28×28 inputs (7×7 las
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wkd_lightning.models.init import init_weights
 from wkd_lightning.models.registry import register_model
 
 
@@ -98,15 +97,7 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_zero_bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
