@@ -85,7 +85,9 @@ class ImageNetDataModule(ClassificationDataModule):
                 f"ImageNetDataModule: need batch_size >= 1, num_workers >= 0, num_classes >= 1; got {batch_size}, "
                 f"{num_workers}, {num_classes}."
             )
-        self.save_hyperparameters()
+        # num_classes stays out of the logged hyper-parameters: Lightning refuses a run whose module and data module
+        # log the same key with different values (the module's is None until setup fills it in).
+        self.save_hyperparameters(ignore=["num_classes"])
         self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
         self.num_classes, self.channels_last, self.seed = num_classes, channels_last, seed
         self.collate_fn = collate_channels_last if channels_last else None
