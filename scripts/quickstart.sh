@@ -12,7 +12,7 @@ fit() {  # fit CONFIG_NAME: train configs/fashion_mnist/NAME.yaml into runs/fash
     echo "[quickstart] $name: finished earlier, skipped ($dir)"
     return
   fi
-  [ -f "$dir/checkpoints/last.ckpt" ] && resume=(--ckpt_path last)
+  compgen -G "$dir/checkpoints/last*.ckpt" >/dev/null && resume=(--ckpt_path last)  # last.ckpt or last-interrupted.ckpt
   echo "[quickstart] wkd fit -c configs/fashion_mnist/$name.yaml ${resume[*]}"
   wkd fit -c "configs/fashion_mnist/$name.yaml" "${resume[@]}"
 }
