@@ -1,0 +1,135 @@
+"""The notebooks of ``notebooks/`` run top to bottom on a fresh install, in quick mode (``WKD_NOTEBOOK_QUICK=1``).
+
+They are executed with nbclient in the ``python3`` kernel of the virtual environment (ipykernel from ``.[dev]``). The
+teacher and student are forced to the stand-ins trained inside the notebooks and the study directory points to an
+empty folder, so the test exercises the path a fresh clone takes (no ``runs/``) whatever this machine holds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+
+def execute(name: str, env: dict[str, str], timeout: int = 240):
+    """Run a notebook in a fresh kernel with ``env`` added to the environment; returns the executed notebook."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the kernel process inherits the environment of this one
+    try:
+        client = nbclient.NotebookClient(
+            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        )
+        client.execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return notebook
+
+
+def outputs(notebook) -> str:
+    """All text printed or displayed by the notebook (images left out)."""
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", ""))
+            texts.append(output.get("data", {}).get("text/plain", ""))
+            texts.append(output.get("data", {}).get("text/markdown", ""))
+    return "\n".join(texts)
+
+
+def images(notebook) -> int:
+    return sum("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", []))
+
+
+@pytest.fixture
+def quick_env(tmp_path) -> dict[str, str]:
+    if not FASHION_MNIST.is_dir():
+        pytest.skip(f"Fashion-MNIST is not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist).")
+    return {
+        "WKD_NOTEBOOK_QUICK": "1",
+        "WKD_NOTEBOOK_TEACHER": "train",
+        "WKD_NOTEBOOK_STUDENT": "train",
+        "WKD_STUDY_DIR": str(tmp_path / "no_study"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+
+
+def test_committed_notebooks_carry_no_outputs():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        assert notebook.metadata["kernelspec"]["name"] == "python3"
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear the outputs"
+
+
+@pytest.mark.slow
+def test_category_interrelations_notebook(quick_env):
+    notebook = execute("01_category_interrelations.ipynb", quick_env)
+    text = outputs(notebook)
+    assert "STAND-IN teacher" in text
+    assert "| class_mean_cosine |" in text and "| cka_paired |" in text
+    assert images(notebook) == 2  # the five heatmaps, the PCA
+
+
+@pytest.mark.slow
+def test_transport_plans_notebook(quick_env):
+    notebook = execute("02_transport_plans.ipynb", quick_env)
+    text = outputs(notebook)
+    assert "STAND-IN student" in text and "computed here" in text
+    line = next(x for x in text.splitlines() if x.startswith("W from the plans"))
+    from_plans, from_loss = (float(part.rsplit(" ", 1)[-1].rstrip(";")) for part in line.split("; "))
+    assert from_plans == pytest.approx(from_loss, rel=1e-4)  # the plans are WKD-L's own
+    assert images(notebook) == 2  # the plans per image, the τ×ε grid
+    assert "| 1000 |" in text
+
+
+@pytest.mark.slow
+def test_results_notebook_with_and_without_results(tmp_path):
+    spec = importlib.util.spec_from_file_location("fashion_mnist_study", ROOT / "benchmarks" / "fashion_mnist_study.py")
+    study = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, study)  # dataclasses look their module up while the classes are built
+    spec.loader.exec_module(study)
+    records = [
+        {"method": method, "seed": seed, "best_top1": top1, "last_top1": top1, "complete": True, "seconds": 1.0}
+        for method, values in (("kd", (0.85, 0.86)), ("wkd_l_class_mean_cosine", (0.86, 0.88)))
+        for seed, top1 in enumerate(values)
+    ]
+    report = {
+        "generated": "2026-01-01T00:00:00",
+        "command": "python benchmarks/fashion_mnist_study.py",
+        "settings": study.full_settings().as_dict(),
+        "study_dir": "runs/study",
+        "reference": "kd",
+        "teacher": {"best_top1": 0.91},
+        "ir": {"class_mean_cosine": {"score": 1.0, "chance": 0.286}},
+        "methods": study.aggregate(records),
+        "runs": records,
+        "curves": {"kd": {"0": [80.0, 85.0], "1": [81.0, 86.0]}},
+    }
+    path = tmp_path / "fashion_mnist.json"
+    path.write_text(json.dumps(report))
+    notebook = execute("03_results.ipynb", {"WKD_RESULTS_JSON": str(path)})
+    text = outputs(notebook)
+    assert "| wkd_l_class_mean_cosine |" in text and "+1.50 ± 0.71" in text
+    assert images(notebook) == 2
+
+    notebook = execute("03_results.ipynb", {"WKD_RESULTS_JSON": str(tmp_path / "missing.json")})
+    assert "Nothing to show yet" in outputs(notebook) and images(notebook) == 0
