@@ -55,7 +55,7 @@ class InterruptCheckpoint(L.Callback):
             )
             return
         path = self._path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: optimizer, schedulers, loops
         rank_zero_warn(
             f"training stopped ({type(exception).__name__}); saved {path}. Resume with the same command and "
             "`--ckpt_path last`."
