@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wkd_lightning.data.sampling import make_loader
@@ -16,18 +17,39 @@ class ClassificationDataModule(L.LightningDataModule):
     Training loaders shuffle with the epoch-seeded sampler (exact resume, DDP split); the others read in order.
     ``predict`` reads the test set.
 
-    Attributes set by subclasses: ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``; optionally
-    ``collate_fn`` (default: PyTorch's).
+    Args:
+        batch_size: images per batch (per process).
+        num_workers: data-loading worker processes.
+        seed: data seed: hold-out and subset draws, per-epoch order, per-sample augmentation seeds.
+        pin_memory: pin host memory for faster copies to a GPU (ignored without one).
+        return_index: training batches are ``(x, y, index)`` (see :class:`~wkd_lightning.data.sampling.SeededDataset`).
+        val_size: training images held out for validation (0: validate on the test set), where the subclass splits.
+        train_size: use only this many training images (after the hold-out); None: all.
+
+    Subclasses may set ``collate_fn`` (default: PyTorch's).
     """
 
-    batch_size: int
-    num_workers: int
-    seed: int
-    pin_memory: bool
     collate_fn: Callable | None = None
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        pin_memory: bool,
+        return_index: bool,
+        val_size: int = 0,
+        train_size: int | None = None,
+    ) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0 or val_size < 0 or (train_size is not None and train_size < 1):
+            raise ValueError(
+                f"{type(self).__name__}: need batch_size >= 1, num_workers >= 0, val_size >= 0, train_size >= 1 or "
+                f"None; got {batch_size}, {num_workers}, {val_size}, {train_size}."
+            )
+        self.batch_size, self.num_workers, self.seed, self.return_index = batch_size, num_workers, seed, return_index
+        self.val_size, self.train_size = val_size, train_size
+        self.pin_memory = pin_memory and torch.cuda.is_available()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None

@@ -197,17 +197,9 @@ class CIFAR100DataModule(ClassificationDataModule):
         seed: int = 0,
         return_index: bool = False,
     ) -> None:
-        super().__init__()
-        if batch_size < 1 or num_workers < 0 or val_size < 0 or (train_size is not None and train_size < 1):
-            raise ValueError(
-                f"CIFAR100DataModule: need batch_size >= 1, num_workers >= 0, val_size >= 0, train_size >= 1 or "
-                f"None; got {batch_size}, {num_workers}, {val_size}, {train_size}."
-            )
+        super().__init__(batch_size, num_workers, seed, pin_memory, return_index, val_size, train_size)
         self.save_hyperparameters()
-        self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
-        self.val_size, self.train_size, self.augment, self.seed = val_size, train_size, augment, seed
-        self.return_index = return_index
-        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.data_dir, self.augment = data_dir, augment
         self._fine_to_coarse: Tensor | None = None
 
     @cached_property

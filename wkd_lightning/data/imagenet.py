@@ -79,20 +79,14 @@ class ImageNetDataModule(ClassificationDataModule):
         seed: int = 0,
         return_index: bool = False,
     ) -> None:
-        super().__init__()
-        if batch_size < 1 or num_workers < 0 or num_classes < 1:
-            raise ValueError(
-                f"ImageNetDataModule: need batch_size >= 1, num_workers >= 0, num_classes >= 1; got {batch_size}, "
-                f"{num_workers}, {num_classes}."
-            )
+        super().__init__(batch_size, num_workers, seed, pin_memory, return_index)
+        if num_classes < 1:
+            raise ValueError(f"ImageNetDataModule: need num_classes >= 1, got {num_classes}.")
         # num_classes stays out of the logged hyper-parameters: Lightning refuses a run whose module and data module
         # log the same key with different values (the module's is None until setup fills it in).
         self.save_hyperparameters(ignore=["num_classes"])
-        self.data_dir, self.batch_size, self.num_workers = data_dir, batch_size, num_workers
-        self.num_classes, self.channels_last, self.seed = num_classes, channels_last, seed
+        self.data_dir, self.num_classes, self.channels_last = data_dir, num_classes, channels_last
         self.collate_fn = collate_channels_last if channels_last else None
-        self.return_index = return_index
-        self.pin_memory = pin_memory and torch.cuda.is_available()
         self.class_names: tuple[str, ...] | None = None
 
     def transform(self, train: bool) -> v2.Transform:
