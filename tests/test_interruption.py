@@ -10,8 +10,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tests.test_cli import QUIET, ROOT, localised_config
+from wkd_lightning import cli as cli_module
 from wkd_lightning.cli import make_cli
 from wkd_lightning.interruption import INTERRUPTED_NAME
 
@@ -88,3 +90,15 @@ def test_interruption_before_the_epochs_first_batch_resumes_from_last_ckpt(tmp_p
     assert not (checkpoints / INTERRUPTED_NAME).exists()
     make_cli(["fit", *args, "--ckpt_path=last"])
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 6  # all 3 epochs trained
+
+
+def test_wkd_exits_143_after_sigterm(monkeypatch):
+    """Lightning ends a SIGTERM'd fit with status 0; `wkd` reports 143 so schedulers see the interruption."""
+
+    def interrupted_run():
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli_module, "make_cli", interrupted_run)
+    with pytest.raises(SystemExit) as info:
+        cli_module.main()
+    assert info.value.code == 143

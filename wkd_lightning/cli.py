@@ -9,6 +9,8 @@ Biases) come from ``trainer.logger``; a CSV logger in the run directory is alway
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import warnings
 from collections.abc import Iterable
 
@@ -16,6 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wkd_lightning.interruption import InterruptCheckpoint
 from wkd_lightning.module import DistillationModule
@@ -95,8 +98,15 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> WKDCLI:
 
 
 def main() -> None:
-    """Entry point of the ``wkd`` console script."""
-    make_cli()
+    """Entry point of the ``wkd`` console script.
+
+    A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention), not Lightning's 0, so that job
+    schedulers and scripts can tell an interrupted run from a finished one.
+    """
+    try:
+        make_cli()
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":
