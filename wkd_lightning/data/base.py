@@ -1,4 +1,4 @@
-"""What every image-classification data module of the project shares: its four loaders built by ``make_loader``."""
+"""What every image-classification data module of the project shares: loader settings and four loaders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from wkd_lightning.data.sampling import make_loader
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Base class: subclasses fill ``train_set``, ``val_set`` and ``test_set`` in ``setup`` and set the loader options.
+    """Base class: checks and keeps the loader settings and builds the loaders; subclasses fill ``train_set``,
+    ``val_set`` and ``test_set`` in ``setup``.
 
     Training loaders shuffle with the epoch-seeded sampler (exact resume, DDP split); the others read in order.
     ``predict`` reads the test set.
