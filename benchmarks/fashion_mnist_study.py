@@ -85,6 +85,8 @@ from pathlib import Path
 
 import yaml
 
+from wkd_lightning.summary import can_resume, is_complete
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "fashion_mnist"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -418,17 +420,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def is_complete(run_dir: Path) -> bool:
-    """A run is finished when its ``summary.json`` says ``complete`` (written at the normal end of ``wkd fit``)."""
-    summary = read_json(Path(run_dir) / "summary.json")
-    return bool(summary and summary.get("complete"))
-
-
-def can_resume(run_dir: Path) -> bool:
-    """A run can continue when it has a ``checkpoints/last.ckpt`` or ``last-interrupted.ckpt``."""
-    return any((Path(run_dir) / "checkpoints").glob("last*.ckpt"))
 
 
 def run_state(run_dir: Path) -> str:

@@ -61,6 +61,20 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """Whether the fit of ``run_dir`` ended normally (``summary.json`` says ``complete``); scripts skip such runs."""
+    try:
+        return bool(json.loads((Path(run_dir) / SUMMARY_FILE).read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def can_resume(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` has a checkpoint ``--ckpt_path last`` resumes from (``last.ckpt`` or
+    ``last-interrupted.ckpt``)."""
+    return any((Path(run_dir) / "checkpoints").glob("last*.ckpt"))
+
+
 def format_table(run_dirs: Sequence[str | os.PathLike]) -> str:
     """A Markdown table of best/last validation top-1 (%) for the given runs, one row each."""
     lines = ["| run | losses | epochs | best top-1 (%) | last top-1 (%) |", "|---|---|---|---|---|"]

@@ -53,7 +53,7 @@ from wkd_lightning.cli import make_cli
 from wkd_lightning.ir import cli as ir_cli
 from wkd_lightning.losses import WKDLogit
 from wkd_lightning.module import DistillationModule
-from wkd_lightning.summary import read_summary
+from wkd_lightning.summary import can_resume, is_complete, read_summary
 
 #: Options of this command that a driver config's ``ban:`` section may set.
 BAN_OPTIONS = ("generations", "run_dir", "ir_method", "ir_layer")
@@ -129,7 +129,7 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
     results = []
     for index in range(generations):
         gen_dir, module = run_dir / f"gen{index}", None
-        if _is_complete(gen_dir):
+        if is_complete(gen_dir):
             print(f"wkd-ban: generation {index} is complete, skipped ({gen_dir}).")
         else:
             config = generation_config(fit_config, index, run_dir, settings["ir_layer"], ir_method)
@@ -146,13 +146,13 @@ def train_generation(config: dict, gen_dir: Path, fit_args: Sequence[str]) -> Di
     input_file = gen_dir / "config.input.yaml"
     input_file.write_text(yaml.safe_dump(config, sort_keys=False))
     cli_args = ["fit", "-c", str(input_file), *fit_args]
-    if _started(gen_dir):
+    if can_resume(gen_dir):
         print(f"wkd-ban: {gen_dir.name} resumes from its last checkpoint in {gen_dir / 'checkpoints'}.")
         cli_args += ["--ckpt_path", "last"]
     with warnings.catch_warnings():  # wkd-ban's own argv is not meant for `wkd fit`: nothing to warn about
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         cli = make_cli(cli_args)
-    if not _is_complete(gen_dir):
+    if not is_complete(gen_dir):
         raise RuntimeError(
             f"{gen_dir.name} ended without a complete {gen_dir / 'summary.json'} (a fast_dev_run, or a run without "
             "validation?); wkd-ban needs full runs with validation to pick each generation's best checkpoint."
@@ -222,7 +222,7 @@ def generation_config(fit_config: dict, index: int, run_dir: Path, ir_layer: str
     model["teacher_weights"] = str(weights)
     if ir_method is not None:
         cost_file = gen_dir / "ir" / f"{ir_method}.pt"
-        if not (cost_file.is_file() and _started(gen_dir)):
+        if not (cost_file.is_file() and can_resume(gen_dir)):
             cost_file = build_cost(resolved, weights, gen_dir / "ir", ir_method, ir_layer)
         # else: a resumed generation keeps the cost it started with (it trained on it)
         for loss in model["losses"]:
@@ -279,16 +279,6 @@ def write_table(results: Sequence[Generation], run_dir: Path) -> str:
     (run_dir / "generations.md").write_text(table + "\n")
     (run_dir / "generations.json").write_text(json.dumps(rows, indent=2))
     return table
-
-
-def _is_complete(gen_dir: Path) -> bool:
-    path = gen_dir / "summary.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("complete"))
-
-
-def _started(gen_dir: Path) -> bool:
-    """Whether a generation has a checkpoint to resume from (``last.ckpt``, or ``last-interrupted.ckpt``)."""
-    return any((gen_dir / "checkpoints").glob("last*.ckpt"))
 
 
 def _loss_class(loss: dict | str) -> type:
