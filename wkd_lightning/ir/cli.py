@@ -36,15 +36,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wkd_lightning.data.sampling import SeededDataset
-from wkd_lightning.hooks import resolve_module
 from wkd_lightning.ir.extract import LOGITS, extract_class_features
 from wkd_lightning.ir.heatmap import plot_cost_heatmap
-from wkd_lightning.ir.methods import KNOWN_METHODS, classifier_cosine, cost_matrix
+from wkd_lightning.ir.methods import KNOWN_METHODS, classifier_cosine, cost_matrix, final_linear
 from wkd_lightning.ir.score import KNOWN_GROUPINGS, group_labels, known_groups, semantic_score
 from wkd_lightning.teacher import FrozenTeacher
 
 #: Methods the command accepts: the feature-based ones of :func:`cost_matrix` plus the classifier-weight cosine.
 CLI_METHODS = (*KNOWN_METHODS, "classifier_cosine")
+
+CLASSIFIER_HINT = "pass --classifier PATH (the dotted path of its final layer)."
 
 
 def build_parser() -> ArgumentParser:
@@ -139,7 +140,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
         )
         num_classes = len(features)
     if num_classes is None:
-        num_classes = _classifier(teacher.model, config.classifier).out_features
+        num_classes = final_linear(teacher.model, config.classifier, hint=CLASSIFIER_HINT).out_features
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
     class_names = [str(name) for name in class_names]
@@ -164,13 +165,13 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
     results = {}
     for method in config.methods:
         if method == "classifier_cosine":
-            layer = _classifier(teacher.model, config.classifier)
+            layer = final_linear(teacher.model, config.classifier, hint=CLASSIFIER_HINT)
             if layer.out_features != num_classes:
                 raise ValueError(
                     f"the teacher's classifier has {layer.out_features} outputs but the data has {num_classes} classes."
                 )
             cost = classifier_cosine(layer)
-            layer_name = config.classifier or _classifier_path(teacher.model)
+            layer_name = config.classifier or next(n for n, m in teacher.model.named_modules() if m is layer)
         else:
             cost = cost_matrix(features, method)
             layer_name = config.layer
@@ -240,20 +241,6 @@ def _groups(option: str, class_names: list[str]) -> tuple[str, list[str]] | None
     if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
         raise ValueError(f"--groups file {option!r} must hold a JSON object {{group: [class names]}}.")
     return path.stem, group_labels(class_names, groups)
-
-
-def _classifier_path(model: nn.Module) -> str:
-    paths = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not paths:
-        raise ValueError("classifier_cosine: the teacher has no nn.Linear layer; pass --classifier PATH.")
-    return paths[-1]
-
-
-def _classifier(model: nn.Module, path: str | None) -> nn.Linear:
-    module = resolve_module(model, path or _classifier_path(model), owner="teacher")
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"--classifier {path!r} is a {type(module).__name__}, not an nn.Linear.")
-    return module
 
 
 def _plain(value):

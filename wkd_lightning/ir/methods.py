@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wkd_lightning.hooks import resolve_module
+
 KNOWN_METHODS = ("cka_paired", "cov_align", "class_mean_cosine", "uniform")
 KNOWN_FORMS = ("auto", "gram", "cov")
 #: Target width (block classes × d) of the column blocks multiplied in one GEMM by ``cka_paired``'s d×d form.
@@ -296,6 +298,29 @@ def class_mean_cosine(features: Sequence[Tensor]) -> Tensor:
         )
     unit = means / norms[:, None]
     return _finish(1.0 - unit @ unit.T, upper=2.0)
+
+
+def final_linear(model: nn.Module, path: str | None = None, *, owner: str = "teacher", hint: str = "") -> nn.Linear:
+    """The classifier of ``model``: the ``nn.Linear`` at dotted ``path``, or its last ``nn.Linear`` (``path`` None).
+
+    Args:
+        model: the network.
+        path: dotted module path of the classifier, or None for the last ``nn.Linear``.
+        owner: whose network it is, for the messages (``"teacher"``, ``"student"``).
+        hint: how the caller sets ``path`` (an option name), appended to the messages.
+
+    Raises:
+        ValueError: no such module, it is not an ``nn.Linear``, or the model has none.
+    """
+    if path is None:
+        linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        if not linears:
+            raise ValueError(f"the {owner} ({type(model).__name__}) has no nn.Linear classifier; {hint}")
+        return linears[-1]
+    module = resolve_module(model, path, owner=owner)
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"the {owner}'s classifier {path!r} is a {type(module).__name__}, not an nn.Linear; {hint}")
+    return module
 
 
 def classifier_cosine(linear: nn.Linear | Tensor) -> Tensor:

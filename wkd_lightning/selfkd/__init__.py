@@ -8,7 +8,7 @@
 """
 
 from wkd_lightning.selfkd.ema import EMATeacher
-from wkd_lightning.selfkd.online import OnlineTeacher, final_linear
+from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.selfkd.previous_epoch import PreviousEpochTeacher
 
-__all__ = ["EMATeacher", "OnlineTeacher", "PreviousEpochTeacher", "final_linear"]
+__all__ = ["EMATeacher", "OnlineTeacher", "PreviousEpochTeacher"]

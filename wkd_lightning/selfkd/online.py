@@ -29,9 +29,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from wkd_lightning.hooks import resolve_module
-from wkd_lightning.ir.methods import classifier_cosine
+from wkd_lightning.ir.methods import classifier_cosine, final_linear
 from wkd_lightning.losses.base import DistillationLoss
+
+CLASSIFIER_HINT = "set the online teacher's `classifier` to the path of its final layer, or refresh_cost to false."
 
 
 class OnlineTeacher(nn.Module):
@@ -78,7 +79,7 @@ class OnlineTeacher(nn.Module):
                     f"but the WKD-L plug-ins have their own cost ({', '.join(own_cost)}). Remove their `cost` or set "
                     "the online teacher's refresh_cost to false to keep it."
                 )
-            final_linear(student, self.classifier)  # fail now, not at the first epoch
+            self._classifier(student)  # fail now, not at the first epoch
 
     def prepare_state(self, state: Mapping[str, Tensor], prefix: str) -> None:
         """Make the buffers that ``state`` (a module state dict; own keys start with ``prefix``) will be loaded into."""
@@ -90,6 +91,9 @@ class OnlineTeacher(nn.Module):
         """The network whose classifier defines the refreshed WKD-L cost (the teacher's, as of now)."""
         return student
 
+    def _classifier(self, network: nn.Module) -> nn.Linear:
+        return final_linear(network, self.classifier, owner="student", hint=CLASSIFIER_HINT)
+
     def refresh_costs(self, losses: Iterable[DistillationLoss], student: nn.Module) -> None:
         """With ``refresh_cost``: set ``D = classifier_cosine(teacher classifier)`` on every loss with ``set_cost``."""
         if not self.refresh_cost:
@@ -98,7 +102,7 @@ class OnlineTeacher(nn.Module):
         for loss in losses:
             if hasattr(loss, "set_cost"):
                 if cost is None:
-                    cost = classifier_cosine(final_linear(self.cost_network(student), self.classifier))
+                    cost = classifier_cosine(self._classifier(self.cost_network(student)))
                 loss.set_cost(cost)
 
     def forward(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -115,26 +119,6 @@ class OnlineTeacher(nn.Module):
 
     def after_optimizer_step(self, student: nn.Module) -> None:
         """Follow the student after each optimizer step."""
-
-
-def final_linear(model: nn.Module, path: str | None = None) -> nn.Linear:
-    """The classifier of ``model``: the ``nn.Linear`` at ``path``, or its last ``nn.Linear`` when ``path`` is None.
-
-    Raises:
-        ValueError: no such module, it is not an ``nn.Linear``, or the model has none.
-    """
-    if path is None:
-        linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-        if not linears:
-            raise ValueError(
-                f"{type(model).__name__} has no nn.Linear classifier; set the online teacher's `classifier` to the "
-                "path of its final layer, or refresh_cost to false."
-            )
-        return linears[-1]
-    module = resolve_module(model, path, owner="student")
-    if not isinstance(module, nn.Linear):
-        raise ValueError(f"online teacher classifier {path!r} is a {type(module).__name__}, not an nn.Linear.")
-    return module
 
 
 def _own_cost(loss: DistillationLoss) -> str | None:
