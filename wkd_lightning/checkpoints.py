@@ -9,12 +9,16 @@ import torch
 from torch import Tensor
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+def read_state_dict(path: str | os.PathLike, *, what: str = "teacher weights") -> dict[str, Tensor]:
     """Read a network's state dict from any of the usual checkpoint formats.
 
     Accepted: a Lightning checkpoint of this project (the trained network is the module's ``student``), a
     ``{"model": state_dict}`` or ``{"state_dict": state_dict}`` dict (RepDistiller's ``cifar_teachers.tar``), or a
     plain state dict (torchvision's released weights). ``DataParallel``'s ``module.`` prefix is removed.
+
+    Args:
+        path: the file.
+        what: what the file holds, for the messages (``"teacher weights"``, ``"backbone weights"``).
 
     Raises:
         FileNotFoundError: the file does not exist (the message says how to make one).
@@ -22,17 +26,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
+        how = (
+            "Train a teacher first (e.g. `wkd fit -c configs/fashion_mnist/teacher.yaml` writes "
+            "runs/fashion_mnist/teacher/checkpoints/best.ckpt) or point `--model.teacher_weights` at"
+            if what == "teacher weights"
+            else "Point it at"
+        )
         raise FileNotFoundError(
-            f"teacher weights file {path!r} does not exist. Train a teacher first (e.g. "
-            "`wkd fit -c configs/fashion_mnist/teacher.yaml` writes runs/fashion_mnist/teacher/checkpoints/best.ckpt) "
-            "or point `--model.teacher_weights` at a Lightning checkpoint, a {'model': state_dict} file or a plain "
-            "state dict."
+            f"{what} file {path!r} does not exist. {how} a Lightning checkpoint, a {{'model': state_dict}} file or a "
+            "plain state dict."
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated / foreign / pickled-object files
         raise ValueError(
-            f"could not read teacher weights from {path!r} ({type(error).__name__}: {str(error)[:300]}). "
+            f"could not read {what} from {path!r} ({type(error).__name__}: {str(error)[:300]}). "
             "The file must be a torch checkpoint loadable with weights_only=True."
         ) from error
     is_lightning = isinstance(payload, Mapping) and "pytorch-lightning_version" in payload
@@ -69,3 +77,18 @@ def describe_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor
         if items
     ]
     return "; ".join(parts) or None
+
+
+def check_checkpoint_fits(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> None:
+    """Raise unless a checkpoint's state dict ``given`` fits the module's ``expected`` one key for key and shape for
+    shape (a resume with another student or other losses would otherwise fail deep inside PyTorch, or not at all).
+
+    Raises:
+        RuntimeError: listing the first mismatches.
+    """
+    problem = describe_mismatch(expected, given)
+    if problem:
+        raise RuntimeError(
+            f"checkpoint does not fit this model: {problem}. Was it written by a run with another student or other "
+            "losses?"
+        )

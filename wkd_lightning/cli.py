@@ -1,9 +1,12 @@
-"""``wkd``: the LightningCLI of the project (``wkd fit|validate|test|predict -c CONFIG.yaml [--key value ...]``).
+"""``wkd`` and ``wkd-det``: the LightningCLIs of the project (``wkd fit|validate|test|predict -c CONFIG.yaml
+[--key value ...]``); ``wkd`` trains classifiers (:class:`DistillationModule`), ``wkd-det`` detectors
+(:class:`~wkd_lightning.detection.DetectionDistillationModule`).
 
 Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full resolved config), ``metrics.csv``,
-``summary.json`` and ``checkpoints/{best,last}.ckpt`` (best by validation top-1; ``last-interrupted.ckpt`` when
-Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes a run from the newest of them. More loggers (Weights &
-Biases) come from ``trainer.logger``; a CSV logger in the run directory is always kept.
+``summary.json`` and ``checkpoints/{best,last}.ckpt`` (best by the module's ``monitor`` metric: validation top-1, or
+box mAP for detectors; ``last-interrupted.ckpt`` when Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes
+a run from the newest of them. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger in the run
+directory is always kept.
 """
 
 from __future__ import annotations
@@ -32,16 +35,20 @@ def checkpoint_dir(default_root_dir: str | None) -> str:
 
 
 class WKDCLI(LightningCLI):
-    """LightningCLI with the project's defaults: best/last checkpoints, run summary, CSV log in the run dir."""
+    """LightningCLI with the project's defaults: best/last checkpoints, run summary, CSV log in the run dir.
+
+    The best checkpoint and the summary follow the model class's ``monitor`` metric (higher is better).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        monitor = self.model_class.monitor
         # Two checkpoint callbacks: Lightning 2.6's `save_last` of a monitoring ModelCheckpoint only refreshes
         # last.ckpt in epochs where the monitored metric improved, so `last` gets its own unmonitored callback.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/top1",
+                "checkpoint.monitor": monitor,
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
                 "checkpoint.enable_version_counter": False,
@@ -50,6 +57,7 @@ class WKDCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(RunSummary, "summary")
+        parser.set_defaults({"summary.metric": monitor})
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
         for group in ("checkpoint", "last_checkpoint", "interrupt"):
             parser.link_arguments("trainer.default_root_dir", f"{group}.dirpath", compute_fn=checkpoint_dir)
@@ -81,12 +89,18 @@ class WKDCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def make_cli(args: list[str] | None = None, run: bool = True) -> WKDCLI:
-    """Build (and with ``run``, execute) the ``wkd`` CLI; ``args`` replaces ``sys.argv`` (used by tests)."""
+def make_cli(
+    args: list[str] | None = None, run: bool = True, model_class: type[L.LightningModule] = DistillationModule
+) -> WKDCLI:
+    """Build (and with ``run``, execute) the ``wkd`` CLI; ``args`` replaces ``sys.argv`` (used by tests).
+
+    ``model_class`` is :class:`DistillationModule` for ``wkd`` and
+    :class:`~wkd_lightning.detection.DetectionDistillationModule` for ``wkd-det``.
+    """
     # Lightning 2.6 trips a deprecation of newer torch's pytree on every run; it is not the user's concern.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     return WKDCLI(
-        DistillationModule,
+        model_class,
         L.LightningDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
@@ -97,16 +111,23 @@ def make_cli(args: list[str] | None = None, run: bool = True) -> WKDCLI:
     )
 
 
-def main() -> None:
+def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
     """Entry point of the ``wkd`` console script.
 
     A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention), not Lightning's 0, so that job
     schedulers and scripts can tell an interrupted run from a finished one.
     """
     try:
-        make_cli()
+        make_cli(model_class=model_class)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
+
+
+def detection_main() -> None:
+    """Entry point of the ``wkd-det`` console script (detectors; see :mod:`wkd_lightning.detection`)."""
+    from wkd_lightning.detection import DetectionDistillationModule  # torchvision detection parts: only when asked
+
+    main(DetectionDistillationModule)
 
 
 if __name__ == "__main__":

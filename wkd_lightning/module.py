@@ -30,13 +30,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from wkd_lightning.checkpoints import describe_mismatch
+from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.hooks import FeatureHooks
 from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels
 from wkd_lightning.selfkd.online import OnlineTeacher
-from wkd_lightning.teacher import select_teacher
+from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
-TEACHER_PREFIX = "teacher."
 #: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
 ONLINE_TEACHER_PREFIX = "online_teacher."
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
@@ -82,6 +81,9 @@ class DistillationModule(L.LightningModule):
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
     online teachers that store per-sample predictions.
     """
+
+    #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
+    monitor = "val/top1"
 
     def __init__(
         self,
@@ -237,26 +239,14 @@ class DistillationModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints: never a pretrained teacher
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for key in [k for k in state if k.startswith(prefix + TEACHER_PREFIX)]:
-            del state[key]
-        return state
+        return without_teacher(state, prefix)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        saved_teacher = [k for k in state_dict if k.startswith(TEACHER_PREFIX)]
-        if saved_teacher:
-            raise ValueError(
-                f"the checkpoint holds teacher weights ({saved_teacher[0]}, ...); teachers are loaded from "
-                "`teacher_weights`, never from a student checkpoint."
-            )
+        refuse_teacher_entries(state_dict)
         if self.online_teacher is not None:
             self.online_teacher.prepare_state(state_dict, ONLINE_TEACHER_PREFIX)
         if strict:
-            problem = describe_mismatch(self.state_dict(), state_dict)
-            if problem:
-                raise RuntimeError(
-                    f"checkpoint does not fit this model: {problem}. "
-                    "Was it written by a run with another student or other losses?"
-                )
+            check_checkpoint_fits(self.state_dict(), state_dict)
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     # ------------------------------------------------------------------ steps

@@ -1,5 +1,6 @@
-"""Run summaries: each fit writes ``summary.json`` (best and last validation top-1) to its run directory, and
-``python -m wkd_lightning.summary RUN_DIR...`` prints them side by side as a Markdown table."""
+"""Run summaries: each fit writes ``summary.json`` (best and last value of the monitored validation metric: top-1 for
+classifiers, box mAP for detectors) to its run directory, and ``python -m wkd_lightning.summary RUN_DIR...`` prints
+them side by side as a Markdown table."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ class RunSummary(L.Callback):
 
     Written every epoch so that an interrupted run still has an up-to-date record; ``complete`` turns true only when
     fit ends normally (scripts use it to skip finished runs and resume the others).
+
+    Args:
+        metric: the validation metric to record (the module logs its best value as ``<metric>_best``); the file holds
+            ``best_<metric>`` and ``last_<metric>`` with ``/`` read as ``_`` (``best_val_top1``, ``last_val_map``).
     """
+
+    def __init__(self, metric: str = "val/top1") -> None:
+        self.metric = metric
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after the epoch's validation loop, so the epoch's val/ metrics are in callback_metrics.
@@ -34,12 +42,14 @@ class RunSummary(L.Callback):
         if trainer.fast_dev_run:  # a smoke test must not look like a finished run
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        if "val/top1" not in metrics:
+        if self.metric not in metrics:
             return
+        key = self.metric.replace("/", "_")
         summary = {
-            "best_val_top1": metrics.get("val/top1_best", metrics["val/top1"]),
-            "last_val_top1": metrics["val/top1"],
-            "last_val_top5": metrics.get("val/top5"),
+            "metric": self.metric,
+            f"best_{key}": metrics.get(f"{self.metric}_best", metrics[self.metric]),
+            f"last_{key}": metrics[self.metric],
+            **({"last_val_top5": metrics.get("val/top5")} if self.metric == "val/top1" else {}),
             "epochs": trainer.current_epoch + (0 if complete else 1),
             "complete": complete,
             "student": type(getattr(pl_module, "student", pl_module)).__name__,
@@ -76,14 +86,18 @@ def can_resume(run_dir: str | os.PathLike) -> bool:
 
 
 def format_table(run_dirs: Sequence[str | os.PathLike]) -> str:
-    """A Markdown table of best/last validation top-1 (%) for the given runs, one row each."""
-    lines = ["| run | losses | epochs | best top-1 (%) | last top-1 (%) |", "|---|---|---|---|---|"]
-    for run_dir in run_dirs:
-        s = read_summary(run_dir)
+    """A Markdown table of the best/last monitored metric (%, e.g. validation top-1) of the given runs, one row each."""
+    summaries = [read_summary(run_dir) for run_dir in run_dirs]
+    metric = summaries[0].get("metric", "val/top1") if summaries else "val/top1"
+    name, key = metric.removeprefix("val/"), metric.replace("/", "_")
+    lines = [f"| run | losses | epochs | best {name} (%) | last {name} (%) |", "|---|---|---|---|---|"]
+    for run_dir, s in zip(run_dirs, summaries):
+        if s.get("metric", "val/top1") != metric:
+            raise ValueError(f"{run_dir} records {s.get('metric')} but {run_dirs[0]} records {metric}: one table each.")
         losses = ", ".join(s["losses"]) or "CE only"
         lines.append(
-            f"| {Path(run_dir).name} | {losses} | {s['epochs']} | {100 * s['best_val_top1']:.2f} "
-            f"| {100 * s['last_val_top1']:.2f} |"
+            f"| {Path(run_dir).name} | {losses} | {s['epochs']} | {100 * s[f'best_{key}']:.2f} "
+            f"| {100 * s[f'last_{key}']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ the student's checkpoints; an online teacher's state cannot be read from anywher
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -61,6 +61,27 @@ def select_teacher(
         online_teacher.attach(student, losses)
         return None, online_teacher
     return (FrozenTeacher(teacher, teacher_weights) if teacher is not None else None), None
+
+
+#: Where a distillation module keeps its pretrained teacher; checkpoints never hold these entries.
+TEACHER_PREFIX = "teacher."
+
+
+def without_teacher(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Remove the pretrained teacher's entries (``<prefix>teacher.*``) from a module's state dict, in place."""
+    for key in [k for k in state if k.startswith(prefix + TEACHER_PREFIX)]:
+        del state[key]
+    return state
+
+
+def refuse_teacher_entries(state: Mapping[str, Tensor]) -> None:
+    """Raise if a checkpoint to load holds teacher weights: teachers come from ``teacher_weights`` only."""
+    saved_teacher = [k for k in state if k.startswith(TEACHER_PREFIX)]
+    if saved_teacher:
+        raise ValueError(
+            f"the checkpoint holds teacher weights ({saved_teacher[0]}, ...); teachers are loaded from "
+            "`teacher_weights`, never from a student checkpoint."
+        )
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, owner: str = "teacher") -> nn.Module:

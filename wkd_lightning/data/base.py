@@ -1,4 +1,7 @@
-"""What every image-classification data module of the project shares: loader settings and four loaders."""
+"""What every data module of the project shares (classification and detection): loader settings and four loaders.
+
+The class keeps its historical name, ``ClassificationDataModule``; the COCO detection data module subclasses it too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from wkd_lightning.data.sampling import make_loader
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Base class: checks and keeps the loader settings and builds the loaders; subclasses fill ``train_set``,
-    ``val_set`` and ``test_set`` in ``setup``.
+    """Base class of every data module of the project, classification and detection alike (despite the name): checks
+    and keeps the loader settings and builds the loaders; subclasses fill ``train_set``, ``val_set`` and ``test_set``
+    in ``setup``.
 
     Training loaders shuffle with the epoch-seeded sampler (exact resume, DDP split); the others read in order.
     ``predict`` reads the test set.
@@ -23,11 +27,13 @@ class ClassificationDataModule(L.LightningDataModule):
         num_workers: data-loading worker processes.
         seed: data seed: hold-out and subset draws, per-epoch order, per-sample augmentation seeds.
         pin_memory: pin host memory for faster copies to a GPU (ignored without one).
-        return_index: training batches are ``(x, y, index)`` (see :class:`~wkd_lightning.data.sampling.SeededDataset`).
+        return_index: training samples get their index appended, ``(x, y, index)`` (see
+            :class:`~wkd_lightning.data.sampling.SeededDataset`); detection modules pass False.
         val_size: training images held out for validation (0: validate on the test set), where the subclass splits.
         train_size: use only this many training images (after the hold-out); None: all.
 
-    Subclasses may set ``collate_fn`` (default: PyTorch's).
+    Subclasses may set ``collate_fn`` in ``__init__`` (default: PyTorch's); set on the instance, not the class, where
+    a plain function would become a method.
     """
 
     collate_fn: Callable | None = None

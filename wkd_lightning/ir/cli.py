@@ -34,14 +34,18 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.data.sampling import SeededDataset
+from wkd_lightning.detection.ir import extract_roi_class_features
 from wkd_lightning.ir.extract import LOGITS, extract_class_features
 from wkd_lightning.ir.heatmap import plot_cost_heatmap
 from wkd_lightning.ir.methods import KNOWN_METHODS, classifier_cosine, cost_matrix, final_linear
 from wkd_lightning.ir.score import KNOWN_GROUPINGS, group_labels, known_groups, semantic_score
 from wkd_lightning.teacher import FrozenTeacher
 
+#: The box classifier of a torchvision detector (its last nn.Linear is the box regressor).
+DETECTOR_CLASSIFIER = "roi_heads.box_predictor.cls_score"
 #: Methods the command accepts: the feature-based ones of :func:`cost_matrix` plus the classifier-weight cosine.
 CLI_METHODS = (*KNOWN_METHODS, "classifier_cosine")
 
@@ -77,7 +81,11 @@ def build_parser() -> ArgumentParser:
         help="data module whose training set is used, e.g. wkd_lightning.data.FashionMNISTDataModule.",
     )
     parser.add_argument(
-        "--layer", type=str, default=LOGITS, help="'logits' or the dotted path of a teacher module (pool, layer3)."
+        "--layer",
+        type=str | None,
+        default=None,
+        help="classifiers: 'logits' (default) or the dotted path of a teacher module (pool, layer3); detectors: "
+        "'box_head' (default), 'roi_align' or 'logits' of the teacher's RoIs.",
     )
     parser.add_argument(
         "--methods",
@@ -100,7 +108,8 @@ def build_parser() -> ArgumentParser:
         "--classifier",
         type=str | None,
         default=None,
-        help="module path of the teacher's final linear layer for classifier_cosine (default: the last nn.Linear).",
+        help="module path of the teacher's final linear layer for classifier_cosine (default: the last nn.Linear; "
+        f"for detectors {DETECTOR_CLASSIFIER}).",
     )
     parser.add_argument("--device", type=str, default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', ...")
     parser.add_argument("--progress", type=bool, default=True, help="show a progress bar during extraction.")
@@ -127,20 +136,33 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
     num_classes = getattr(datamodule, "num_classes", None)
     class_names = getattr(datamodule, "class_names", None)
     feature_methods = [m for m in config.methods if m != "classifier_cosine"]
+    is_detector = isinstance(teacher.model, FasterRCNN)
+    classifier_path = config.classifier or (DETECTOR_CLASSIFIER if is_detector else None)
+    layer = config.layer or ("box_head" if is_detector else LOGITS)
     features = None
-    if feature_methods:
+    if feature_methods and is_detector:  # RoI features: ground-truth boxes per class, background RoIs for class 0
+        features = extract_roi_class_features(
+            teacher,
+            loader,
+            layer,
+            max_per_class=config.max_per_class,
+            device=device,
+            progress=config.progress,
+        )
+    elif feature_methods:
         features = extract_class_features(
             teacher,
             loader,
-            config.layer,
+            layer,
             num_classes=num_classes,
             max_per_class=config.max_per_class,
             device=device,
             progress=config.progress,
         )
+    if features is not None:
         num_classes = len(features)
-    if num_classes is None:
-        num_classes = final_linear(teacher.model, config.classifier, hint=CLASSIFIER_HINT).out_features
+    if num_classes is None or is_detector:
+        num_classes = final_linear(teacher.model, classifier_path, hint=CLASSIFIER_HINT).out_features
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
     class_names = [str(name) for name in class_names]
@@ -156,7 +178,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
         "teacher_weights": os.fspath(config.teacher_weights),
         "dataset": config.data.class_path,
         "dataset_config": _plain(config.data.get("init_args", {})),
-        "layer": config.layer,
+        "layer": layer,
         "class_names": class_names,
         "samples_per_class": [int(x.shape[0]) for x in features] if features is not None else None,
         "max_per_class": config.max_per_class,
@@ -165,16 +187,17 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
     results = {}
     for method in config.methods:
         if method == "classifier_cosine":
-            layer = final_linear(teacher.model, config.classifier, hint=CLASSIFIER_HINT)
-            if layer.out_features != num_classes:
+            linear = final_linear(teacher.model, classifier_path, hint=CLASSIFIER_HINT)
+            if linear.out_features != num_classes:
                 raise ValueError(
-                    f"the teacher's classifier has {layer.out_features} outputs but the data has {num_classes} classes."
+                    f"the teacher's classifier has {linear.out_features} outputs but the data has {num_classes} "
+                    "classes."
                 )
-            cost = classifier_cosine(layer)
-            layer_name = config.classifier or next(n for n, m in teacher.model.named_modules() if m is layer)
+            cost = classifier_cosine(linear)
+            layer_name = classifier_path or next(n for n, m in teacher.model.named_modules() if m is linear)
         else:
             cost = cost_matrix(features, method)
-            layer_name = config.layer
+            layer_name = layer
         score = semantic_score(cost, grouping[1]) if grouping is not None else None
         pt_path, png_path = output_dir / f"{method}.pt", output_dir / f"{method}.png"
         record = {
@@ -197,13 +220,16 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def _sequential_loader(datamodule: L.LightningDataModule) -> DataLoader:
-    """The training set in order, without augmentation when the data module offers an evaluation transform."""
+    """The training set in order, without augmentation where the dataset (``without_augmentation()``) or the data
+    module (an evaluation ``transform(train=False)``) says how."""
     train_loader = datamodule.train_dataloader()
     dataset = train_loader.dataset
     if isinstance(dataset, SeededDataset):  # plain (x, y) samples, no per-sample seeding or indices
         dataset = dataset.dataset
     make_transform = getattr(datamodule, "transform", None)
-    if callable(make_transform) and hasattr(dataset, "transform"):
+    if hasattr(dataset, "without_augmentation"):  # datasets that augment inside (detection: boxes flip too)
+        dataset = dataset.without_augmentation()
+    elif callable(make_transform) and hasattr(dataset, "transform"):
         dataset = copy.copy(dataset)
         dataset.transform = make_transform(train=False)
     else:

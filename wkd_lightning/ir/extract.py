@@ -74,14 +74,9 @@ def extract_class_features(
     hooks = None if layer == LOGITS else FeatureHooks(network, [layer], owner="teacher")
     was_training = network.training
     network.eval()
-    chunks: dict[int, list[Tensor]] = {}
-    kept: dict[int, int] = {}
+    bank = ClassFeatureBank(num_classes, max_per_class)
     try:
-        total = len(loader) if hasattr(loader, "__len__") else None
-        bar = tqdm(
-            loader, total=total, desc=f"teacher features ({layer})", unit="batch", mininterval=1.0, disable=not progress
-        )
-        for batch in bar:
+        for batch in progress_bar(loader, layer, progress):
             inputs, labels = batch[0], batch[1]
             labels = torch.as_tensor(labels)
             if labels.dim() != 1 or labels.is_floating_point():
@@ -98,38 +93,72 @@ def extract_class_features(
                     f"the teacher outputs {logits.shape[1]} logits but the data has {num_classes} classes: "
                     "build the teacher with the dataset's number of classes (e.g. --teacher.num_classes)."
                 )
-            output = logits if hooks is None else hooks.collect()[layer]
-            rows, positions = feature_rows(output.float())
-            per_image = rows.reshape(len(labels), positions, -1).cpu()
-            labels = labels.cpu().long()
-            if labels.numel() and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
-                raise ValueError(
-                    f"label {int(labels.min() if labels.min() < 0 else labels.max())} is out of range for "
-                    f"{num_classes} classes."
-                )
-            for k in labels.unique().tolist():
-                images = per_image[labels == k]
-                if max_per_class is not None:
-                    images = images[: max(0, max_per_class - kept.get(k, 0))]
-                if len(images):
-                    chunks.setdefault(k, []).append(images.reshape(-1, images.shape[-1]).clone())
-                    kept[k] = kept.get(k, 0) + len(images)
-            if (
-                max_per_class is not None
-                and num_classes is not None
-                and len(kept) == num_classes
-                and min(kept.values()) >= max_per_class
-            ):
+            bank.add(logits if hooks is None else hooks.collect()[layer], labels)
+            if bank.full:
                 break
     finally:
         if hooks is not None:
             hooks.remove()
         network.train(was_training)
-    num_classes = num_classes if num_classes is not None else (max(chunks) + 1 if chunks else 0)
-    missing = [k for k in range(num_classes) if k not in chunks]
-    if not chunks or missing:
-        raise ValueError(
-            f"no samples of classes {missing or 'any'} were seen in the data: every class needs training images "
-            "for a cost matrix (is the training subset too small?)."
+    return bank.per_class("images")
+
+
+def progress_bar(loader: Iterable, layer: str, progress: bool) -> Iterable:
+    """``loader`` behind a tqdm bar (total known when the loader has a length)."""
+    total = len(loader) if hasattr(loader, "__len__") else None
+    return tqdm(
+        loader, total=total, desc=f"teacher features ({layer})", unit="batch", mininterval=1.0, disable=not progress
+    )
+
+
+class ClassFeatureBank:
+    """Collects feature rows per class, keeping at most ``max_per_class`` samples (images, boxes) of each.
+
+    Args:
+        num_classes: C, when known: labels are checked against it and :attr:`full` can turn true.
+        max_per_class: samples kept per class (the first ones added); ``None``: all.
+    """
+
+    def __init__(self, num_classes: int | None, max_per_class: int | None) -> None:
+        self.num_classes, self.max_per_class = num_classes, max_per_class
+        self.chunks: dict[int, list[Tensor]] = {}
+        self.kept: dict[int, int] = {}
+
+    def add(self, output: Tensor, labels: Tensor) -> None:
+        """Add one batch: ``output`` of ``N`` samples (``N×D`` vectors or ``N×C×H×W`` maps) and their ``N`` labels."""
+        rows, positions = feature_rows(output.float())
+        per_sample = rows.reshape(len(labels), positions, -1).cpu()
+        labels = labels.cpu().long()
+        if labels.numel() and (labels.min() < 0 or (self.num_classes is not None and labels.max() >= self.num_classes)):
+            raise ValueError(
+                f"label {int(labels.min() if labels.min() < 0 else labels.max())} is out of range for "
+                f"{self.num_classes} classes."
+            )
+        for k in labels.unique().tolist():
+            samples = per_sample[labels == k]
+            if self.max_per_class is not None:
+                samples = samples[: max(0, self.max_per_class - self.kept.get(k, 0))]
+            if len(samples):
+                self.chunks.setdefault(k, []).append(samples.reshape(-1, samples.shape[-1]).clone())
+                self.kept[k] = self.kept.get(k, 0) + len(samples)
+
+    @property
+    def full(self) -> bool:
+        """Every one of the C classes holds ``max_per_class`` samples (more data would change nothing)."""
+        return (
+            self.max_per_class is not None
+            and self.num_classes is not None
+            and len(self.kept) == self.num_classes
+            and min(self.kept.values()) >= self.max_per_class
         )
-    return [torch.cat(chunks[k]) for k in range(num_classes)]
+
+    def per_class(self, samples: str) -> list[Tensor]:
+        """One ``n_k × d`` tensor per class; raises if a class has no sample (``samples`` names them in the message)."""
+        num_classes = self.num_classes if self.num_classes is not None else (max(self.chunks) + 1 if self.chunks else 0)
+        missing = [k for k in range(num_classes) if k not in self.chunks]
+        if not self.chunks or missing:
+            raise ValueError(
+                f"no samples of classes {missing or 'any'} were seen in the data: every class needs training {samples} "
+                "for a cost matrix (is the training subset too small?)."
+            )
+        return [torch.cat(self.chunks[k]) for k in range(num_classes)]

@@ -1,0 +1,277 @@
+"""``DetectionDistillationModule``: a Faster R-CNN student distilled from a frozen Faster R-CNN teacher.
+
+One training step: the student's own training pass samples RoIs (:func:`~wkd_lightning.detection.roi.student_rois`),
+the frozen teacher runs its backbone and box head on the same images and RoIs
+(:func:`~wkd_lightning.detection.roi.teacher_rois`), and the RoIs become the "samples" of an ordinary
+:class:`~wkd_lightning.losses.base.DistillationContext`: class logits ``K×C`` (background included), RoI labels as
+targets, RoI features under the names of :data:`~wkd_lightning.detection.roi.ROI_FEATURES`. So the classification
+loss plug-ins apply unchanged: WKD-L on the RoI class logits (its IR cost from ``wkd-ir`` over teacher RoI features),
+WKD-F on RoI-Align features through a projector, KD/DKD on the same logits, FitNet on the same features. The total is
+Faster R-CNN's four terms plus the weighted distillation terms.
+
+Validation and test report COCO box mAP (torchmetrics ``MeanAveragePrecision``, pycocotools backend):
+``val/map`` (AP@[.5:.95]), ``val/map_50``, ``val/map_75``, ``val/map_small|medium|large``, and ``val/map_best``.
+
+Example:
+    >>> from wkd_lightning.detection import DetectionDistillationModule, faster_rcnn
+    >>> from wkd_lightning.losses import WKDFeature
+    >>> module = DetectionDistillationModule(
+    ...     student=faster_rcnn("resnet18", num_classes=4, min_size=64, max_size=96),
+    ...     teacher=faster_rcnn("resnet34", num_classes=4, min_size=64, max_size=96),
+    ...     losses=[WKDFeature(student_path="roi_align", teacher_path="roi_align")],
+    ... )  # doctest: +SKIP (a teacher needs teacher_weights in real runs)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.models.detection import FasterRCNN
+
+from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss
+from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
+
+#: The COCO metrics logged, by torchmetrics' key.
+MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+
+
+class DetectionSGD(torch.optim.SGD):
+    """The Detectron2 / torchvision detection recipe: SGD with momentum 0.9 and weight decay 1e-4 (lr 0.02 at 16
+    images per batch; scale it linearly with the batch size)."""
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.9, weight_decay: float = 1e-4) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class DetectionDistillationModule(L.LightningModule):
+    """Train a Faster R-CNN ``student`` with its own losses plus distillation losses from a frozen ``teacher``.
+
+    Args:
+        student: a torchvision ``FasterRCNN`` (e.g. :func:`~wkd_lightning.detection.faster_rcnn`).
+        teacher: a ``FasterRCNN`` with the same classes and input transform, or ``None`` (training a teacher or the
+            baseline student). Frozen exactly as in classification (:class:`~wkd_lightning.teacher.FrozenTeacher`):
+            eval mode, no grad, never in the optimizer or in checkpoints.
+        teacher_weights: its weights file (torchvision's COCO checkpoint, a ``wkd-det fit`` checkpoint, ...).
+        losses: distillation plug-ins; feature losses name ``"roi_align"`` or ``"box_head"`` as their paths.
+        optimizer: builds the optimizer from the student's and the losses' trainable parameters.
+        lr_scheduler: an epoch-wise LR scheduler (e.g. ``MultiStepLR`` with milestones [8, 11] for the 1× schedule).
+        warmup_steps: linear LR warm-up over this many optimizer steps from 0.001× (detectors diverge without one).
+
+    Batches are ``(images, targets)``: lists of ``3×H×W`` images in [0, 1] and of ``{"boxes", "labels", ...}`` dicts
+    (:class:`~wkd_lightning.data.COCODetectionDataModule`).
+    """
+
+    #: The validation metric that picks the best checkpoint and fills ``summary.json`` (COCO AP@[.5:.95]).
+    monitor = "val/map"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        teacher_weights: str | None = None,
+        losses: Sequence[DistillationLoss] | None = None,
+        optimizer: OptimizerCallable = DetectionSGD,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+        for role, model in (("student", student), ("teacher", teacher)):
+            if model is not None and not isinstance(model, FasterRCNN):
+                raise TypeError(
+                    f"the {role} must be a torchvision FasterRCNN (e.g. wkd_lightning.detection.faster_rcnn), got "
+                    f"{type(model).__name__}."
+                )
+        self.student = student
+        self.losses = nn.ModuleList(losses or [])
+        names = [loss.name for loss in self.losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
+        self._check_feature_names()
+        self.teacher, _ = select_teacher(student, teacher, teacher_weights, None, self.losses)
+        needs_teacher = [loss.name for loss in self.losses if loss.requires_teacher]
+        if needs_teacher and self.teacher is None:
+            raise ValueError(f"losses {needs_teacher} need a teacher: set `teacher` and `teacher_weights`.")
+        if self.teacher is not None:
+            check_same_transform(self.teacher.model, student)
+            student_classes, teacher_classes = self.num_classes, _num_classes(self.teacher.model)
+            if student_classes != teacher_classes:
+                raise ValueError(
+                    f"the teacher predicts {teacher_classes} classes and the student {student_classes}: both must "
+                    "have the data's num_classes (background included)."
+                )
+        self.uses_teacher = bool(needs_teacher)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.warmup_steps = warmup_steps
+        self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        self.test_map = self.val_map.clone()
+        self.register_buffer("val_map_best", torch.tensor(0.0))
+        self._build_losses()
+
+    @property
+    def num_classes(self) -> int:
+        """C of the student's box classifier, background included."""
+        return _num_classes(self.student)
+
+    def _check_feature_names(self) -> None:
+        for loss in self.losses:
+            unknown = [p for p in (*loss.student_paths, *loss.teacher_paths) if p not in ROI_FEATURES]
+            if unknown:
+                raise ValueError(
+                    f"{loss.name} reads features {unknown}, but a detector offers only the RoI features "
+                    f"{', '.join(ROI_FEATURES)} (student_path/teacher_path)."
+                )
+
+    @torch.no_grad()
+    def _build_losses(self) -> None:
+        """Hand the losses one example RoI of each network (zeros), so they can size their projectors."""
+        if not any(loss.student_paths or loss.teacher_paths for loss in self.losses):
+            return
+        if self.teacher is None:
+            raise ValueError("feature losses compare with a teacher: set `teacher` and `teacher_weights`.")
+        examples = [_example_roi_features(model) for model in (self.student, self.teacher.model)]
+        for loss in self.losses:
+            loss.build(*examples)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(
+                f"the data has {data_classes} classes (background included) but the student's box classifier "
+                f"{self.num_classes}: set the student's num_classes to {data_classes}."
+            )
+
+    def configure_optimizers(self):
+        params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        schedulers = []
+        if self.warmup_steps:
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=self.warmup_steps)
+            schedulers.append({"scheduler": warmup, "interval": "step"})
+        if self.lr_scheduler_factory is not None:
+            schedulers.append({"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"})
+        return [optimizer], schedulers
+
+    # ------------------------------------------------------------------ checkpoints: never the teacher
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return without_teacher(state, prefix)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        refuse_teacher_entries(state_dict)
+        if strict:
+            check_checkpoint_fits(self.state_dict(), state_dict)
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Detections of the student (call in eval mode): per image ``{"boxes", "labels", "scores"}``."""
+        return self.student(images)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, targets = unpack_detection_batch(batch)
+        student = student_rois(self.student, images, targets)
+        terms = dict(student.losses)
+        if self.losses:
+            teacher = teacher_rois(self.teacher.model, student.images, student.proposals) if self.uses_teacher else None
+            ctx = DistillationContext(
+                student_logits=student.rois.class_logits,
+                teacher_logits=teacher.class_logits if teacher is not None else None,
+                target=student.labels,
+                student_features=student.rois.features,
+                teacher_features=teacher.features if teacher is not None else {},
+                epoch=self.current_epoch + 1,
+                max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
+            )
+            for loss in self.losses:
+                terms.update({f"{loss.name}/{key}": value for key, value in loss(ctx).items()})
+        total = torch.stack(list(terms.values())).sum()
+        if not torch.isfinite(total):
+            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.current_epoch + 1}, step {batch_idx}: terms {bad}. Lower the learning "
+                "rate or lengthen warmup_steps."
+            )
+        batch_size = len(images)
+        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        self.log("train/rois", float(len(student.labels)), batch_size=batch_size)
+        return total
+
+    def _evaluate(self, batch, metric: MeanAveragePrecision) -> None:
+        images, targets = unpack_detection_batch(batch)
+        metric.update(self.student(images), [_metric_target(t) for t in targets])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_map)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_map)
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, Tensor]]:
+        images = batch[0] if isinstance(batch, (tuple, list)) and isinstance(batch[0], (tuple, list)) else batch
+        return self.student(list(images))
+
+    def _log_map(self, metric: MeanAveragePrecision, stage: str) -> Tensor:
+        values = metric.compute()
+        metric.reset()
+        self.log(f"{stage}/map", values["map"].float(), prog_bar=True)
+        self.log_dict({f"{stage}/{key}": values[key].float() for key in MAP_KEYS if key != "map"})
+        return values["map"]
+
+    def on_validation_epoch_end(self) -> None:
+        mean_ap = self._log_map(self.val_map, "val")
+        if not self.trainer.sanity_checking:
+            self.val_map_best = torch.maximum(self.val_map_best, mean_ap.to(self.val_map_best))
+            self.log("val/map_best", self.val_map_best)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+
+def unpack_detection_batch(batch) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """``(images, targets)`` lists, or an error saying what a detection batch must look like."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(x, (tuple, list)) for x in batch):
+        images, targets = list(batch[0]), list(batch[1])
+        if len(images) == len(targets) and all(isinstance(t, dict) and "boxes" in t for t in targets):
+            return images, targets
+    raise ValueError(
+        "detection batches must be (images, targets): a list of 3×H×W images and a list of dicts with 'boxes' and "
+        "'labels' (use wkd_lightning.data.COCODetectionDataModule or its collate function)."
+    )
+
+
+def _metric_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ground truth in torchmetrics' format; ``iscrowd`` and ``area`` keep COCO's evaluation rules."""
+    keep = ("boxes", "labels", "iscrowd", "area")
+    return {key: target[key] for key in keep if key in target}
+
+
+def _num_classes(detector: FasterRCNN) -> int:
+    return detector.roi_heads.box_predictor.cls_score.out_features
+
+
+def _example_roi_features(detector: FasterRCNN) -> dict[str, Tensor]:
+    """Zero-valued RoI features of one RoI, with the shapes the detector produces (eval mode, no statistics move)."""
+    heads = detector.roi_heads
+    height, width = heads.box_roi_pool.output_size
+    parameter = next(detector.parameters())
+    pooled = torch.zeros(1, detector.backbone.out_channels, height, width, device=parameter.device)
+    was_training = heads.training
+    heads.eval()
+    try:
+        return {"roi_align": pooled, "box_head": heads.box_head(pooled)}
+    finally:
+        heads.train(was_training)
