@@ -87,12 +87,16 @@ def refuse_teacher_entries(state: Mapping[str, Tensor]) -> None:
 def load_weights(model: nn.Module, path: str | os.PathLike, *, owner: str = "teacher") -> nn.Module:
     """Load the weights in ``path`` into ``model`` with strict key and shape checking.
 
+    BatchNorm's ``num_batches_tracked`` counters in the file are dropped where the model has none (frozen BatchNorm,
+    as in torchvision's detectors, whose released files were saved from ordinary BatchNorm).
+
     Raises:
         ValueError: the keys or shapes differ; the message lists the first mismatches so a wrong architecture is
             easy to spot.
     """
-    state = read_state_dict(path)
-    problem = describe_mismatch(model.state_dict(), state)
+    expected = model.state_dict()
+    state = {k: v for k, v in read_state_dict(path).items() if k in expected or not k.endswith(".num_batches_tracked")}
+    problem = describe_mismatch(expected, state)
     if problem:
         raise ValueError(
             f"{owner} weights in {os.fspath(path)!r} do not fit {type(model).__name__}: {problem}. "

@@ -23,6 +23,7 @@ from wkd_lightning.detection import DetectionDistillationModule, extract_roi_cla
 from wkd_lightning.detection.roi import check_same_transform, student_rois, teacher_rois
 from wkd_lightning.ir.cli import main as ir_main
 from wkd_lightning.losses import KD, WKDFeature, WKDLogit
+from wkd_lightning.teacher import FrozenTeacher
 
 ROOT = Path(__file__).resolve().parents[2]
 COCO_CONFIGS = sorted((ROOT / "configs" / "coco").rglob("*.yaml"))
@@ -196,6 +197,11 @@ def test_roi_class_features_and_the_ir_command(tmp_path, coco_root):
     assert [len(f) for f in features[1:]] == [boxes_per_category[k] for k in sorted(boxes_per_category)]
     assert len(features[0]) == 2 * len(data.train_set) and features[0].shape[1] == 1024
     assert teacher.training  # the pass puts the teacher in eval mode only while it runs
+    raw_ids = COCODetectionDataModule(root=str(coco_root), label_mapping="category_id", num_workers=0)
+    raw_ids.setup("fit")
+    raw_loader = torch.utils.data.DataLoader(raw_ids.train_set.dataset, batch_size=2, collate_fn=raw_ids.collate_fn)
+    with pytest.raises(ValueError, match=r"no samples of classes \[2, 4, .*use classifier_cosine"):
+        extract_roi_class_features(small_detector(num_classes=19), raw_loader, progress=False)
 
     weights = teacher_file(tmp_path, teacher)
     results = ir_main(
@@ -238,6 +244,24 @@ def test_backbone_weights_load_from_local_classification_checkpoints(tmp_path):
         faster_rcnn("vgg16")
     with pytest.raises(ValueError, match="background too"):
         faster_rcnn("resnet18", 1)
+
+
+def test_torchvision_coco_checkpoint_layout_loads_as_teacher(tmp_path):
+    """``faster_rcnn("resnet50", 91)`` takes the state dict of torchvision's ``fasterrcnn_resnet50_fpn`` (the layout of
+    its COCO file, here saved from an untrained copy with ordinary BatchNorm) and then detects exactly as it does."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, min_size=64, max_size=96
+        ).eval()
+    weights = teacher_file(tmp_path, reference)
+    teacher = FrozenTeacher(faster_rcnn("resnet50", 91, min_size=64, max_size=96), weights)
+    images = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        expected, got = reference(images)[0], teacher.model(images)[0]
+    assert len(expected["boxes"]) > 0
+    torch.testing.assert_close(got["boxes"], expected["boxes"])
+    torch.testing.assert_close(got["scores"], expected["scores"])
 
 
 # --------------------------------------------------------------------------- the wkd-det command and its configs

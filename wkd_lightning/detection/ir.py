@@ -93,7 +93,11 @@ def extract_roi_class_features(
                 break
     finally:
         detector.train(was_training)
-    return bank.per_class("boxes (and background RoIs)")
+    return bank.per_class(
+        "boxes (and background RoIs)",
+        hint="is the training subset too small? With label_mapping category_id, unused COCO ids never have boxes: "
+        "build the cost with label_mapping contiguous, or use classifier_cosine, which needs no features",
+    )
 
 
 def _gt_and_background(

@@ -15,6 +15,11 @@ are written. The ``.pt`` file is a dict loadable with ``torch.load(..., weights_
     {"cost": C×C fp32 tensor, "method", "teacher", "teacher_config", "teacher_weights", "dataset", "dataset_config",
      "layer", "class_names", "samples_per_class", "kappa_applied": False, "semantic_score": {...} or None}
 
+With a torchvision Faster R-CNN teacher (:mod:`wkd_lightning.detection`) and a COCO-format data module, the rows are
+RoI features instead: the ground-truth boxes of each class and, for the background class 0, the teacher's top RPN
+proposals that overlap no box (``--layer`` ``box_head`` by default, ``roi_align`` or ``logits``); see
+:func:`wkd_lightning.detection.extract_roi_class_features`.
+
 κ is not applied: ``WKDLogit`` sharpens the matrix with its own ``kappa`` when it loads the file. For datasets with
 known class groups (Fashion-MNIST, CIFAR-100 superclasses) or a ``--groups`` file, the semantic score of every
 matrix is printed beside its chance level (see :mod:`wkd_lightning.ir.score`).

@@ -152,13 +152,14 @@ class ClassFeatureBank:
             and min(self.kept.values()) >= self.max_per_class
         )
 
-    def per_class(self, samples: str) -> list[Tensor]:
-        """One ``n_k × d`` tensor per class; raises if a class has no sample (``samples`` names them in the message)."""
+    def per_class(self, samples: str, hint: str = "is the training subset too small?") -> list[Tensor]:
+        """One ``n_k × d`` tensor per class; raises if a class has no sample (the message names the ``samples`` and
+        ends with the ``hint``)."""
         num_classes = self.num_classes if self.num_classes is not None else (max(self.chunks) + 1 if self.chunks else 0)
         missing = [k for k in range(num_classes) if k not in self.chunks]
         if not self.chunks or missing:
             raise ValueError(
                 f"no samples of classes {missing or 'any'} were seen in the data: every class needs training {samples} "
-                "for a cost matrix (is the training subset too small?)."
+                f"for a cost matrix ({hint})."
             )
         return [torch.cat(self.chunks[k]) for k in range(num_classes)]
