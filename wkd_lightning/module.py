@@ -32,7 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.hooks import FeatureHooks
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels, loss_plugins
 from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
@@ -103,10 +103,7 @@ class DistillationModule(L.LightningModule):
             ignore=["student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler"]
         )
         self.student = student
-        self.losses = nn.ModuleList(losses or [])
-        names = [loss.name for loss in self.losses]
-        if len(set(names)) != len(names):
-            raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
+        self.losses = loss_plugins(losses)
         # Before the student's hooks exist: an online teacher may copy the student.
         self.teacher, self.online_teacher = select_teacher(
             student, teacher, teacher_weights, online_teacher, self.losses

@@ -36,7 +36,7 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
 #: The COCO metrics logged, by torchmetrics' key.
@@ -93,10 +93,7 @@ class DetectionDistillationModule(L.LightningModule):
                     f"{type(model).__name__}."
                 )
         self.student = student
-        self.losses = nn.ModuleList(losses or [])
-        names = [loss.name for loss in self.losses]
-        if len(set(names)) != len(names):
-            raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
+        self.losses = loss_plugins(losses)
         self._check_feature_names()
         self.teacher, _ = select_teacher(student, teacher, teacher_weights, None, self.losses)
         needs_teacher = [loss.name for loss in self.losses if loss.requires_teacher]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -102,6 +102,19 @@ class DistillationLoss(nn.Module):
                 "(model.teacher and model.teacher_weights) or remove this loss."
             )
         return ctx.teacher_logits
+
+
+def loss_plugins(losses: Sequence[DistillationLoss] | None) -> nn.ModuleList:
+    """A module's loss plug-ins as an ``nn.ModuleList``; their names must differ (they key the logged terms).
+
+    Raises:
+        ValueError: two plug-ins share a name.
+    """
+    plugins = nn.ModuleList(losses or [])
+    names = [loss.name for loss in plugins]
+    if len(set(names)) != len(names):
+        raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
+    return plugins
 
 
 # ---------------------------------------------------------------------------------------------------------------
