@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 from torch import nn
+from torchvision.models import get_model_weights
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
@@ -95,6 +96,13 @@ def faster_rcnn(
 def _load_backbone(body: nn.Module, path: str | os.PathLike, backbone: str, *, strip_prefix: str) -> None:
     """Load classification weights into the detector's backbone body, strictly except for the classifier head."""
     family = "resnet" if backbone in RESNETS else "mobilenet"
+    if not os.path.isfile(path):
+        url = get_model_weights(backbone).IMAGENET1K_V1.url
+        raise FileNotFoundError(
+            f"backbone weights file {os.fspath(path)!r} does not exist. Download torchvision's ImageNet weights of "
+            f"{backbone} once on a machine with network ({url}) and put the file there, or set backbone_weights: null "
+            "to start from random weights."
+        )
     state = {
         key.removeprefix(strip_prefix): value
         for key, value in read_state_dict(path, what="backbone weights").items()
