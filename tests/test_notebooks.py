@@ -86,7 +86,7 @@ def test_category_interrelations_notebook(quick_env):
     text = outputs(notebook)
     assert "STAND-IN teacher" in text
     assert "| class_mean_cosine |" in text and "| cka_paired |" in text
-    assert images(notebook) == 2  # the five heatmaps, the PCA
+    assert images(notebook) == 2  # the five heatmaps, the t-SNE map
 
 
 @pytest.mark.slow
