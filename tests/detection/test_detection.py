@@ -21,6 +21,7 @@ from wkd_lightning.cli import make_cli
 from wkd_lightning.data import COCODetectionDataModule
 from wkd_lightning.detection import DetectionDistillationModule, extract_roi_class_features, faster_rcnn
 from wkd_lightning.detection.roi import check_same_transform, student_rois, teacher_rois
+from wkd_lightning.ir.cli import _groups
 from wkd_lightning.ir.cli import main as ir_main
 from wkd_lightning.losses import KD, WKDFeature, WKDLogit
 from wkd_lightning.teacher import FrozenTeacher
@@ -224,6 +225,17 @@ def test_roi_class_features_and_the_ir_command(tmp_path, coco_root):
         assert record["cost"].shape == (4, 4) and record["layer"].endswith(expected)
         assert record["class_names"][0] == "__background__"
     WKDLogit(cost=str(results["class_mean_cosine"]["pt"]))  # the cost file loads as a WKD-L cost
+
+
+def test_coco_supercategories_group_the_classes_for_the_semantic_score(coco_root):
+    data = COCODetectionDataModule(root=str(coco_root))
+    assert data.class_groups == ["__background__ (label 0)", "person", "vehicle", "animal"]
+    assert _groups("auto", data.class_names, data.class_groups) is None  # every class alone: nothing to score
+    raw = COCODetectionDataModule(root=str(coco_root), label_mapping="category_id").class_groups
+    assert raw[1] == "person" and raw[3] == "vehicle" and raw[18] == "animal" and raw[2] == "N/A (label 2)"
+    shared = ["__background__ (label 0)", "vehicle", "vehicle", "animal"]
+    _, groups = _groups("auto", ["__background__", "car", "truck", "dog"], shared)
+    assert groups == shared
 
 
 # --------------------------------------------------------------------------- models

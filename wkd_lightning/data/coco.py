@@ -59,6 +59,7 @@ class CocoAnnotations:
         category_ids: (m,) int64, the raw COCO category ids.
         iscrowd: (m,) int64, 1 for crowd regions.
         area: (m,) float32, the annotation's ``area`` field (the segmentation's area in COCO).
+        supercategories: category id → its ``supercategory`` (``""`` where the file gives none).
     """
 
     path: Path
@@ -71,6 +72,7 @@ class CocoAnnotations:
     category_ids: np.ndarray
     iscrowd: np.ndarray
     area: np.ndarray
+    supercategories: dict[int, str]
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -196,6 +198,7 @@ def read_annotations(path: Path) -> CocoAnnotations:
         category_ids=table[order, 1],
         iscrowd=values[order, 4].astype(np.int64),
         area=values[order, 5].astype(np.float32),
+        supercategories={int(c["id"]): str(c.get("supercategory") or "") for c in content["categories"]},
     )
 
 
@@ -429,6 +432,19 @@ class COCODetectionDataModule(ClassificationDataModule):
     def class_names(self) -> list[str]:
         """Name of each model label (index 0: background)."""
         return class_names_of(self.categories, self.label_mapping)
+
+    @property
+    def class_groups(self) -> list[str]:
+        """Group of each model label, for the semantic score of ``wkd-ir``: its COCO ``supercategory``; the
+        background, unused ids and categories without a supercategory are groups of their own."""
+        supercategories = self._annotations("train").supercategories
+        category_of_label = (
+            [None, *self.category_ids] if self.label_mapping == "contiguous" else range(len(self.class_names))
+        )
+        return [
+            supercategories.get(category_id) or f"{name} (label {label})"
+            for label, (category_id, name) in enumerate(zip(category_of_label, self.class_names))
+        ]
 
     @property
     def category_ids(self) -> list[int]:

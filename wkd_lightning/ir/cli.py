@@ -106,7 +106,8 @@ def build_parser() -> ArgumentParser:
         "--groups",
         type=str,
         default="auto",
-        help="class groups for the semantic score: 'auto' (recognise Fashion-MNIST / CIFAR-100), 'none', a known "
+        help="class groups for the semantic score: 'auto' (recognise Fashion-MNIST / CIFAR-100, else the data "
+        "module's class_groups, e.g. COCO supercategories), 'none', a known "
         f"grouping ({', '.join(KNOWN_GROUPINGS)}) or a JSON file {{group: [class names]}}.",
     )
     parser.add_argument(
@@ -173,7 +174,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
     class_names = [str(name) for name in class_names]
     if len(class_names) != num_classes:
         raise ValueError(f"the data module names {len(class_names)} classes but has {num_classes}.")
-    grouping = _groups(config.groups, class_names)
+    grouping = _groups(config.groups, class_names, getattr(datamodule, "class_groups", None))
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -254,12 +255,19 @@ def _sequential_loader(datamodule: L.LightningDataModule) -> DataLoader:
     )
 
 
-def _groups(option: str, class_names: list[str]) -> tuple[str, list[str]] | None:
-    """Resolve ``--groups`` to (name, group label per class), or None when there is nothing to score against."""
+def _groups(option: str, class_names: list[str], data_groups: list[str] | None = None) -> tuple[str, list[str]] | None:
+    """Resolve ``--groups`` to (name, group label per class), or None when there is nothing to score against.
+
+    ``"auto"`` recognises the known class sets, else takes the data module's own ``class_groups`` (COCO's
+    supercategories) when some group holds two classes.
+    """
     if option == "none":
         return None
     if option == "auto":
-        return known_groups(class_names)
+        found = known_groups(class_names)
+        if found is None and data_groups is not None and len(set(data_groups)) < len(data_groups):
+            found = "data module class_groups", list(data_groups)
+        return found
     if option in KNOWN_GROUPINGS:
         return option, group_labels(class_names, KNOWN_GROUPINGS[option])
     path = Path(option)
