@@ -107,7 +107,7 @@ class DetectionDistillationModule(L.LightningModule):
                     f"the teacher predicts {teacher_classes} classes and the student {student_classes}: both must "
                     "have the data's num_classes (background included)."
                 )
-        self.uses_teacher = bool(needs_teacher)
+        self.uses_teacher = bool(needs_teacher) or any(loss.teacher_paths for loss in self.losses)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.warmup_steps = warmup_steps
