@@ -19,7 +19,7 @@ def test_table_of_classifier_runs_reads_top1_also_from_summaries_without_a_metri
     kd = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8512, last_val_top1=0.85, losses=["KD"])
     old = write(tmp_path / "vanilla", best_val_top1=0.8, last_val_top1=0.79)  # written before the metric key existed
     table = format_table([kd, old])
-    assert "| best top1 (%) | last top1 (%) |" in table.splitlines()[0]
+    assert "| best top-1 (%) | last top-1 (%) |" in table.splitlines()[0]
     assert "| kd | KD | 3 | 85.12 | 85.00 |" in table and "| vanilla | CE only | 3 | 80.00 | 79.00 |" in table
     main([str(kd), str(old)])
     assert capsys.readouterr().out.strip() == table
@@ -27,7 +27,7 @@ def test_table_of_classifier_runs_reads_top1_also_from_summaries_without_a_metri
 
 def test_table_of_detector_runs_shows_map_and_refuses_mixed_metrics(tmp_path):
     det = write(tmp_path / "wkd_lf", metric="val/map", best_val_map=0.3456, last_val_map=0.34, losses=["WKDLogit"])
-    assert "| best map (%) | last map (%) |" in format_table([det])
+    assert "| best mAP (%) | last mAP (%) |" in format_table([det])
     assert "| wkd_lf | WKDLogit | 3 | 34.56 | 34.00 |" in format_table([det])
     cls = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8, last_val_top1=0.8)
     with pytest.raises(ValueError, match=r"records val/top1 but .* records val/map"):

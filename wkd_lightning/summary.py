@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 SUMMARY_FILE = "summary.json"
+#: How the tables name the monitored metrics.
+METRIC_NAMES = {"val/top1": "top-1", "val/map": "mAP"}
 
 
 class RunSummary(L.Callback):
@@ -89,7 +91,7 @@ def format_table(run_dirs: Sequence[str | os.PathLike]) -> str:
     """A Markdown table of the best/last monitored metric (%, e.g. validation top-1) of the given runs, one row each."""
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
     metric = summaries[0].get("metric", "val/top1") if summaries else "val/top1"
-    name, key = metric.removeprefix("val/"), metric.replace("/", "_")
+    name, key = METRIC_NAMES.get(metric, metric), metric.replace("/", "_")
     lines = [f"| run | losses | epochs | best {name} (%) | last {name} (%) |", "|---|---|---|---|---|"]
     for run_dir, s in zip(run_dirs, summaries):
         if s.get("metric", "val/top1") != metric:
