@@ -250,7 +250,9 @@ def test_backbone_weights_load_from_local_classification_checkpoints(tmp_path):
     torch.testing.assert_close(detector.backbone.body["16"][0].weight, mobilenet.features[16][0].weight)
     with pytest.raises(ValueError, match="do not fit a resnet34 detection backbone"):
         faster_rcnn("resnet34", 4, backbone_weights=str(tmp_path / "resnet18.pth"))
-    with pytest.raises(FileNotFoundError, match="backbone weights file"):
+    with pytest.raises(
+        FileNotFoundError, match=r"backbone weights file .* ImageNet weights of resnet18 .*f37072fd\.pth"
+    ):
         faster_rcnn("resnet18", 4, backbone_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="unknown detection backbone"):
         faster_rcnn("vgg16")
