@@ -95,10 +95,11 @@ def test_interruption_before_the_epochs_first_batch_resumes_from_last_ckpt(tmp_p
 def test_wkd_exits_143_after_sigterm(monkeypatch):
     """Lightning ends a SIGTERM'd fit with status 0; `wkd` reports 143 so schedulers see the interruption."""
 
-    def interrupted_run():
+    def interrupted_run(**kwargs):
         raise SIGTERMException
 
     monkeypatch.setattr(cli_module, "make_cli", interrupted_run)
-    with pytest.raises(SystemExit) as info:
-        cli_module.main()
-    assert info.value.code == 143
+    for entry_point in (cli_module.main, cli_module.detection_main):  # `wkd` and `wkd-det`
+        with pytest.raises(SystemExit) as info:
+            entry_point()
+        assert info.value.code == 143
