@@ -2,7 +2,9 @@
 
 A step is ``DetectionDistillationModule.training_step`` (the student's training pass, the frozen teacher on the
 student's RoIs, the loss terms), ``backward`` and the SGD step, after ``zero_grad``; only ``log``/``log_dict`` are
-no-ops (no trainer is attached). Student ResNet-18 FPN, teacher ResNet-50 FPN (random weights: speed does not depend
+no-ops (no trainer is attached), and the learning rate is 0: the SGD step does its usual work, but the random
+networks (which would diverge under WKD-F's large initial terms) stay put, so every repeat times the same
+computation. Student ResNet-18 FPN, teacher ResNet-50 FPN (random weights: speed does not depend
 on them), 81 classes, 512 RoIs per image, a batch of random images with 3 boxes each.
 
 Methods: ``vanilla`` (no teacher), ``kd`` (T = 1), ``wkd_l`` (a fixed 81×81 cost, 10 Sinkhorn iterations),
@@ -23,11 +25,12 @@ import json
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from wkd_lightning.detection import DetectionDistillationModule, faster_rcnn
+from wkd_lightning.detection import DetectionDistillationModule, DetectionSGD, faster_rcnn
 from wkd_lightning.losses import KD, WKDFeature, WKDLogit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +58,7 @@ def make_module(method: str, size: int, teacher_file: Path, device: torch.device
         teacher=faster_rcnn("resnet50", **options) if method != "vanilla" else None,
         teacher_weights=str(teacher_file) if method != "vanilla" else None,
         losses=make_losses(method),
+        optimizer=partial(DetectionSGD, lr=0.0),  # weights stay put: every repeat times the same computation
         warmup_steps=0,
     ).to(device)
     module.log = module.log_dict = lambda *args, **kwargs: None  # no trainer attached

@@ -199,7 +199,7 @@ class DetectionDistillationModule(L.LightningModule):
             bad = [name for name, value in terms.items() if not torch.isfinite(value)]
             raise FloatingPointError(
                 f"non-finite loss at epoch {self.current_epoch + 1}, step {batch_idx}: terms {bad}. Lower the learning "
-                "rate or lengthen warmup_steps."
+                "rate or the loss weights, or lengthen warmup_steps."
             )
         batch_size = len(images)
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
