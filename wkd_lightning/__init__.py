@@ -1,11 +1,19 @@
 """wkd-lightning: Wasserstein-distance knowledge distillation (WKD-L, WKD-F) for PyTorch Lightning."""
 
-from wkd_lightning.data import CIFAR100DataModule, FashionMNISTDataModule, ImageNetDataModule
+from wkd_lightning.data import (
+    CIFAR100DataModule,
+    COCODetectionDataModule,
+    FashionMNISTDataModule,
+    ImageNetDataModule,
+)
+from wkd_lightning.detection import DetectionDistillationModule
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.teacher import FrozenTeacher
 
 __all__ = [
     "CIFAR100DataModule",
+    "COCODetectionDataModule",
+    "DetectionDistillationModule",
     "DistillationModule",
     "FashionMNISTDataModule",
     "FrozenTeacher",

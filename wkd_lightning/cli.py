@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wkd_lightning.detection import DetectionDistillationModule
 from wkd_lightning.interruption import InterruptCheckpoint
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import RunSummary
@@ -125,8 +126,6 @@ def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
 
 def detection_main() -> None:
     """Entry point of the ``wkd-det`` console script (detectors; see :mod:`wkd_lightning.detection`)."""
-    from wkd_lightning.detection import DetectionDistillationModule  # torchvision detection parts: only when asked
-
     main(DetectionDistillationModule)
 
 
