@@ -7,13 +7,12 @@ empty folder, so the test exercises the path a fresh clone takes (no ``runs/``) 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from study_module import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -103,10 +102,7 @@ def test_transport_plans_notebook(quick_env):
 
 @pytest.mark.slow
 def test_results_notebook_with_and_without_results(tmp_path):
-    spec = importlib.util.spec_from_file_location("fashion_mnist_study", ROOT / "benchmarks" / "fashion_mnist_study.py")
-    study = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, study)  # dataclasses look their module up while the classes are built
-    spec.loader.exec_module(study)
+    study = load_study()
     records = [
         {"method": method, "seed": seed, "best_top1": top1, "last_top1": top1, "complete": True, "seconds": 1.0}
         for method, values in (("kd", (0.85, 0.86)), ("wkd_l_class_mean_cosine", (0.86, 0.88)))

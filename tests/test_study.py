@@ -3,28 +3,19 @@ resume logic on synthetic run directories (a fake runner stands in for training)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from study_module import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_study():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_study", ROOT / "benchmarks" / "fashion_mnist_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load_study()
+study = load_study()
 
 
 def record(method: str, seed: int, best: float, last: float | None = None, complete: bool = True) -> dict:

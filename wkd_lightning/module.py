@@ -32,7 +32,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.hooks import FeatureHooks
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, check_labels, loss_plugins
+from wkd_lightning.losses.base import (
+    DistillationContext,
+    DistillationLoss,
+    check_labels,
+    loss_plugins,
+    plugin_terms,
+    total_loss,
+)
 from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
@@ -280,12 +287,8 @@ class DistillationModule(L.LightningModule):
         terms = {"ce": F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
         distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
         if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
-            for loss in self.losses:
-                terms.update({f"{loss.name}/{key}": value for key, value in loss(distill_ctx).items()})
-        total = torch.stack(list(terms.values())).sum()
-        if not torch.isfinite(total):
-            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-            raise FloatingPointError(f"non-finite loss at epoch {ctx.epoch}, step {batch_idx}: terms {bad}.")
+            terms.update(plugin_terms(self.losses, distill_ctx))
+        total = total_loss(terms, ctx.epoch, batch_idx)
         if self.online_teacher is not None:
             self.online_teacher.observe(index, logits.detach())
         batch_size = x.shape[0]

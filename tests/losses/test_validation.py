@@ -468,3 +468,13 @@ def test_every_torch_load_in_the_losses_is_weights_only() -> None:
     assert calls, "expected at least the cost-file loader"
     for name, line, weights_only in calls:
         assert len(weights_only) == 1 and getattr(weights_only[0], "value", None) is True, f"{name}:{line}"
+
+
+def test_total_loss_sums_the_terms_and_names_the_non_finite_ones():
+    from wkd_lightning.losses.base import total_loss
+
+    terms = {"ce": torch.tensor(1.5), "wkd_l/wd": torch.tensor(0.25)}
+    assert float(total_loss(terms, epoch=1, step=0)) == 1.75
+    terms["wkd_f/feat"] = torch.tensor(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"epoch 3, step 7: terms \['wkd_f/feat'\]\. Try this\."):
+        total_loss(terms, epoch=3, step=7, advice="Try this.")

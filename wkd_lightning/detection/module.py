@@ -36,7 +36,7 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins, plugin_terms, total_loss
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
 #: The COCO metrics logged, by torchmetrics' key.
@@ -192,15 +192,9 @@ class DetectionDistillationModule(L.LightningModule):
                 epoch=self.current_epoch + 1,
                 max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
             )
-            for loss in self.losses:
-                terms.update({f"{loss.name}/{key}": value for key, value in loss(ctx).items()})
-        total = torch.stack(list(terms.values())).sum()
-        if not torch.isfinite(total):
-            bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-            raise FloatingPointError(
-                f"non-finite loss at epoch {self.current_epoch + 1}, step {batch_idx}: terms {bad}. Lower the learning "
-                "rate or the loss weights, or lengthen warmup_steps."
-            )
+            terms.update(plugin_terms(self.losses, ctx))
+        advice = "Lower the learning rate or the loss weights, or lengthen warmup_steps."
+        total = total_loss(terms, self.current_epoch + 1, batch_idx, advice)
         batch_size = len(images)
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)

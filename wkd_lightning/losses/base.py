@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -115,6 +115,33 @@ def loss_plugins(losses: Sequence[DistillationLoss] | None) -> nn.ModuleList:
     if len(set(names)) != len(names):
         raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
     return plugins
+
+
+def plugin_terms(losses: Iterable[DistillationLoss], ctx: DistillationContext) -> dict[str, Tensor]:
+    """Every plug-in's weighted terms on ``ctx``, keyed ``<plug-in name>/<term>`` (the names logged under
+    ``train/loss/``)."""
+    return {f"{loss.name}/{key}": value for loss in losses for key, value in loss(ctx).items()}
+
+
+def total_loss(
+    terms: Mapping[str, Tensor], epoch: int, step: int, advice: str = "Lower the learning rate or the loss weights."
+) -> Tensor:
+    """``Σ terms``, the loss a training step minimises; a non-finite sum is an error naming the terms that caused it.
+
+    Args:
+        terms: the step's named scalar terms (the task loss and every plug-in's).
+        epoch: the 1-based epoch, for the message.
+        step: the batch index, for the message.
+        advice: what to try, appended to the message.
+
+    Raises:
+        FloatingPointError: the sum is NaN or infinite.
+    """
+    total = torch.stack(list(terms.values())).sum()
+    if not torch.isfinite(total):
+        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+        raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step}: terms {bad}. {advice}")
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------------------
