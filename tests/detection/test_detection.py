@@ -205,21 +205,22 @@ def test_roi_class_features_and_the_ir_command(tmp_path, coco_root):
         extract_roi_class_features(small_detector(num_classes=19), raw_loader, progress=False)
 
     weights = teacher_file(tmp_path, teacher)
-    results = ir_main(
-        [
-            "--teacher=wkd_lightning.detection.faster_rcnn",
-            "--teacher.backbone=resnet18",
-            "--teacher.num_classes=4",
-            *[f"--teacher.{k}={v}" for k, v in SMALL.items()],
-            f"--teacher_weights={weights}",
-            "--data=wkd_lightning.data.COCODetectionDataModule",
-            f"--data.root={coco_root}",
-            "--data.num_workers=0",
-            "--methods=[class_mean_cosine, classifier_cosine]",
-            f"--output_dir={tmp_path / 'ir'}",
-            "--progress=false",
-        ]
-    )
+    command = [
+        "--teacher=wkd_lightning.detection.faster_rcnn",
+        "--teacher.backbone=resnet18",
+        "--teacher.num_classes=4",
+        *[f"--teacher.{k}={v}" for k, v in SMALL.items()],
+        f"--teacher_weights={weights}",
+        "--data=wkd_lightning.data.COCODetectionDataModule",
+        f"--data.root={coco_root}",
+        "--data.num_workers=0",
+        "--methods=[class_mean_cosine, classifier_cosine]",
+        f"--output_dir={tmp_path / 'ir'}",
+        "--progress=false",
+    ]
+    results = ir_main(command)
+    with pytest.raises(ValueError, match="box classifier has 4 outputs but the data has 19 classes"):
+        ir_main([*command, "--data.label_mapping=category_id"])
     for method, expected in (("class_mean_cosine", "box_head"), ("classifier_cosine", "cls_score")):
         record = torch.load(results[method]["pt"], weights_only=True)
         assert record["cost"].shape == (4, 4) and record["layer"].endswith(expected)

@@ -145,6 +145,14 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
     is_detector = isinstance(teacher.model, FasterRCNN)
     classifier_path = config.classifier or (DETECTOR_CLASSIFIER if is_detector else None)
     layer = config.layer or ("box_head" if is_detector else LOGITS)
+    if is_detector and num_classes is not None:  # the RoI extractor takes C from the teacher's box classifier
+        teacher_classes = final_linear(teacher.model, classifier_path, hint=CLASSIFIER_HINT).out_features
+        if teacher_classes != num_classes:
+            raise ValueError(
+                f"the teacher's box classifier has {teacher_classes} outputs but the data has {num_classes} classes "
+                "(background included): build the teacher with the data's num_classes (--teacher.num_classes), or "
+                "set --data.label_mapping to the teacher's (category_id for torchvision's 91-output COCO models)."
+            )
     features = None
     if feature_methods and is_detector:  # RoI features: ground-truth boxes per class, background RoIs for class 0
         features = extract_roi_class_features(
@@ -167,7 +175,7 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
         )
     if features is not None:
         num_classes = len(features)
-    if num_classes is None or is_detector:
+    if num_classes is None:
         num_classes = final_linear(teacher.model, classifier_path, hint=CLASSIFIER_HINT).out_features
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
