@@ -43,19 +43,8 @@ class FeatureHooks:
         self.paths = tuple(dict.fromkeys(paths))  # de-duplicated, in order
         modules = [resolve_module(model, path, owner=owner) for path in self.paths]
         self._handles: list[RemovableHandle] = [
-            module.register_forward_hook(self._store(path)) for path, module in zip(self.paths, modules)
+            module.register_forward_hook(StoreOutput(self, path)) for path, module in zip(self.paths, modules)
         ]
-
-    def _store(self, path: str):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(
-                    f"{self.owner} module {path!r} returned {type(output).__name__}, not a Tensor; "
-                    "hook a module whose output is a feature map."
-                )
-            self.features[path] = output
-
-        return hook
 
     def collect(self) -> dict[str, Tensor]:
         """Hand over the features of the last forward pass and forget them (no tensors kept between steps)."""
@@ -67,3 +56,22 @@ class FeatureHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+class StoreOutput:
+    """The forward hook of one path: stores the module's output in ``hooks.features[path]``.
+
+    A class, not a closure, so that a model carrying these hooks can be pickled (``ddp_spawn`` sends the module to
+    its processes) and deep-copied; both keep the hook tied to the copied :class:`FeatureHooks`.
+    """
+
+    def __init__(self, hooks: FeatureHooks, path: str) -> None:
+        self.hooks, self.path = hooks, path
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"{self.hooks.owner} module {self.path!r} returned {type(output).__name__}, not a Tensor; "
+                "hook a module whose output is a feature map."
+            )
+        self.hooks.features[self.path] = output

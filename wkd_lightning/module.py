@@ -319,13 +319,15 @@ class DistillationModule(L.LightningModule):
         return self.student(x).softmax(dim=1)
 
     def on_validation_epoch_end(self) -> None:
+        # compute() reduces over every DDP rank (each sample counted once: evaluation shards are not padded, see
+        # EpochSampler); sync_dist=True then only tells Lightning the values are global.
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         top1 = values["val/top1"]
         if not self.trainer.sanity_checking:
             self.val_top1_best = torch.maximum(self.val_top1_best, top1.to(self.val_top1_best))
-            self.log("val/top1_best", self.val_top1_best)
+            self.log("val/top1_best", self.val_top1_best, sync_dist=True)
             self._warn_on_collapse(float(top1), float(self.val_logit_scale.compute()))
         self.val_logit_scale.reset()
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 
 SUMMARY_FILE = "summary.json"
 #: How the tables name the monitored metrics.
@@ -39,10 +38,17 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, complete=True)
 
-    @rank_zero_only
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, complete: bool) -> None:
         if trainer.fast_dev_run:  # a smoke test must not look like a finished run
             return
+        # On every rank: `trainer.log_dir` is a broadcast (a collective). Asked on rank 0 alone, it waits forever for
+        # the other ranks, which meanwhile wait in the checkpoint callback's barrier.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            self._write_file(trainer, pl_module, log_dir, complete)
+
+    def _write_file(self, trainer: L.Trainer, pl_module: L.LightningModule, log_dir: Path, complete: bool) -> None:
+        # The validation metrics in callback_metrics are already reduced over all ranks (torchmetrics syncs them).
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if self.metric not in metrics:
             return
@@ -58,7 +64,6 @@ class RunSummary(L.Callback):
             "losses": [type(loss).__name__ for loss in getattr(pl_module, "losses", [])],
             "teacher_weights": getattr(pl_module.hparams, "teacher_weights", None),
         }
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         tmp = log_dir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=2))

@@ -75,8 +75,10 @@ class EpochSampler(DistributedSampler):
     The order of epoch ``e`` is ``DistributedSampler``'s: a permutation from ``torch.Generator().manual_seed(seed +
     e)`` when shuffling (else ``0..n-1``), padded with its own first indices to a multiple of ``num_replicas``
     (unless ``drop_last``, which cuts the tail instead), then every ``num_replicas``-th index from ``rank``. Padding
-    means that with ``n % num_replicas != 0`` a few samples appear twice per epoch (on different ranks); evaluation
-    metrics in DDP then count those samples twice, as with Lightning's default sampler.
+    gives every rank the same number of training steps, which DDP's gradient all-reduce needs; with ``pad=False``
+    (evaluation) nothing is padded: the ranks' shards partition the dataset exactly (their sizes differ by at most
+    one), so metrics synchronised over the ranks count every sample once, even when ``n % num_replicas != 0``.
+    Lightning's default ``DistributedSampler`` pads evaluation too and counts a few samples twice.
 
     Args:
         dataset: the dataset (only its length is used) or its length.
@@ -86,6 +88,7 @@ class EpochSampler(DistributedSampler):
         rank: this process's rank in ``[0, num_replicas)``.
         drop_last: drop the tail that does not divide evenly over the replicas instead of padding.
         with_seeds: yield ``(index, sample_seed)`` pairs; False: plain indices (no seeded augmentation).
+        pad: pad to a multiple of ``num_replicas`` (training); False: exact, possibly uneven shards (evaluation).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class EpochSampler(DistributedSampler):
         rank: int = 0,
         drop_last: bool = False,
         with_seeds: bool = True,
+        pad: bool = True,
     ) -> None:
         if isinstance(dataset, int):
             if dataset < 0:
@@ -106,9 +110,18 @@ class EpochSampler(DistributedSampler):
             raise ValueError(f"EpochSampler: num_replicas must be >= 1, got {num_replicas}.")
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.with_seeds = with_seeds
+        self.pad = pad or drop_last
+        if not self.pad:
+            self.total_size = len(dataset)
+            self.num_samples = len(range(rank, self.total_size, num_replicas))
 
     def __iter__(self) -> Iterator[Any]:
-        indices = list(super().__iter__())
+        if self.pad:
+            indices = list(super().__iter__())
+        else:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.total_size, generator=generator).tolist() if self.shuffle else None
+            indices = (order or list(range(self.total_size)))[self.rank :: self.num_replicas]
         if not self.with_seeds:
             return iter(indices)
         return zip(indices, sample_seeds(self.seed, self.epoch, indices))
@@ -118,8 +131,10 @@ class SeededDataset(Dataset):
     """Loads ``dataset[index]`` with torch's CPU RNG seeded per sample when given ``(index, sample_seed)``.
 
     The wrapped dataset's own ``__getitem__`` (reading and transforming the sample) runs inside
-    ``torch.random.fork_rng(devices=[])`` after ``torch.manual_seed(sample_seed)``, so random augmentation is a
-    function of the seed alone and the global RNG state is restored afterwards. An ``int`` index is passed through
+    ``torch.random.fork_rng(devices=[])`` after seeding torch's CPU generator (``torch.default_generator``) with
+    ``sample_seed``, so random augmentation is a function of the seed alone and the CPU RNG state is restored
+    afterwards. CUDA generators are never touched: ``torch.manual_seed`` would reseed every CUDA device (and so the
+    model's dropout or GPU-side augmentation) as a side effect of loading a sample in the main process. An ``int`` index is passed through
     unseeded (evaluation loaders, Lightning's own sequential samplers).
 
     With ``return_index``, a sample ``(x, y)`` comes back as ``(x, y, index)``: its position in this dataset, which
@@ -141,7 +156,7 @@ class SeededDataset(Dataset):
         if isinstance(key, (tuple, list)):
             index, seed = int(key[0]), int(key[1])
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # CPU only (see the class docstring)
                 sample = self.dataset[index]
         else:
             index, sample = int(key), self.dataset[key]
@@ -194,8 +209,9 @@ def make_loader(
 
     With a trainer attached (``LightningDataModule.trainer``), ``num_replicas``/``rank`` come from
     ``trainer.world_size``/``trainer.global_rank``; without one the loader covers the whole dataset. Lightning keeps
-    the sampler (it already is a ``DistributedSampler``) and calls its ``set_epoch`` each epoch. Evaluation loaders
-    (``shuffle=False``) are split too, with padding duplicates as described in :class:`EpochSampler`.
+    the sampler (it already is a ``DistributedSampler``) and calls its ``set_epoch`` each epoch. Training loaders are
+    padded to equal shards; evaluation loaders (``shuffle=False``) are split exactly, without padding duplicates (see
+    :class:`EpochSampler`), so a validation metric synchronised over the ranks counts every sample once.
 
     Args:
         dataset: a map-style dataset; wrap it in :class:`SeededDataset` for per-sample seeded augmentation.
@@ -229,6 +245,7 @@ def make_loader(
         rank=rank,
         drop_last=drop_last,
         with_seeds=shuffle if seeded is None else seeded,
+        pad=shuffle,
     )
     sampler.set_epoch(_trainer_epoch(trainer))
     return DataLoader(

@@ -216,17 +216,17 @@ class DetectionDistillationModule(L.LightningModule):
         return self.student(list(images))
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> Tensor:
-        values = metric.compute()
+        values = metric.compute()  # over every DDP rank's detections; sync_dist=True says the values are global
         metric.reset()
-        self.log(f"{stage}/map", values["map"].float(), prog_bar=True)
-        self.log_dict({f"{stage}/{key}": values[key].float() for key in MAP_KEYS if key != "map"})
+        self.log(f"{stage}/map", values["map"].float(), prog_bar=True, sync_dist=True)
+        self.log_dict({f"{stage}/{key}": values[key].float() for key in MAP_KEYS if key != "map"}, sync_dist=True)
         return values["map"]
 
     def on_validation_epoch_end(self) -> None:
         mean_ap = self._log_map(self.val_map, "val")
         if not self.trainer.sanity_checking:
             self.val_map_best = torch.maximum(self.val_map_best, mean_ap.to(self.val_map_best))
-            self.log("val/map_best", self.val_map_best)
+            self.log("val/map_best", self.val_map_best, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_map(self.test_map, "test")
