@@ -24,7 +24,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wkd_lightning.detection import DetectionDistillationModule
-from wkd_lightning.interruption import InterruptCheckpoint
+from wkd_lightning.distributed import DEFAULT_TIMEOUT_S, explain_collective_failure, set_process_group_timeout
+from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import RunSummary
 from wkd_lightning.tracking import RunCSVLogger, check_wandb_reachable
@@ -60,6 +61,15 @@ class WKDCLI(LightningCLI):
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.set_defaults({"summary.metric": monitor})
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
+        parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
+        parser.add_argument(
+            "--ddp_timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT_S,
+            help="seconds a multi-process run waits in one collective (all-reduce, barrier) before it fails, "
+            "for strategies given by name (ddp, ddp_spawn, fsdp, ...): a rank that died or hangs ends the run "
+            "instead of blocking the others forever.",
+        )
         for group in ("checkpoint", "last_checkpoint", "interrupt"):
             parser.link_arguments("trainer.default_root_dir", f"{group}.dirpath", compute_fn=checkpoint_dir)
 
@@ -87,7 +97,11 @@ class WKDCLI(LightningCLI):
                 loggers.insert(0, RunCSVLogger(save_dir=root, append=not fresh_fit))
             check_wandb_reachable(loggers)
             kwargs["logger"] = loggers
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if isinstance(trainer_config.get("strategy", "auto"), str):  # a Strategy object keeps its own timeout
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            set_process_group_timeout(trainer.strategy, config.get("ddp_timeout", DEFAULT_TIMEOUT_S))
+        return trainer
 
 
 def make_cli(
@@ -115,13 +129,19 @@ def make_cli(
 def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
     """Entry point of the ``wkd`` console script.
 
-    A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention), not Lightning's 0, so that job
-    schedulers and scripts can tell an interrupted run from a finished one.
+    A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention; Ctrl-C: 130), not Lightning's 0,
+    so that job schedulers and scripts can tell an interrupted run from a finished one. A collective that failed
+    because another rank died or hung ends with one message that says so.
     """
     try:
         make_cli(model_class=model_class)
-    except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)
+    except SIGTERMException as stop:  # RunInterrupted carries the signal (Ctrl-C: 130); Lightning's own: SIGTERM
+        sys.exit(128 + getattr(stop, "signum", signal.SIGTERM))
+    except RuntimeError as error:
+        explanation = explain_collective_failure(error)
+        if explanation is None:
+            raise
+        raise SystemExit(f"wkd: {explanation}") from error
 
 
 def detection_main() -> None:

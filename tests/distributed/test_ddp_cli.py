@@ -1,0 +1,214 @@
+"""Multi-process training through the shipped ``wkd`` command (subprocesses, every callback the CLI installs), on the
+CPU with gloo: fit, checkpoints, summary, resume, validate and test with 2 and 3 (an uneven split) processes; the same
+student as one process; Ctrl-C and SIGTERM; a hung rank; ``ddp_spawn``; two "nodes" with torchrun.
+
+Every command runs under a time limit (:mod:`tests.distributed.launch`) that kills its whole process group and fails,
+so a hang fails the test instead of the suite; the negative control shows the limit catches the hang of the old
+summary callback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+
+from tests.distributed.launch import QUIET, CommandTimeout, run, run_ok, start, wait_all, wait_for
+from tests.test_cli import ROOT, localised_config
+
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed"),
+    pytest.mark.timeout(600),
+]
+VANILLA = ROOT / "configs/fashion_mnist/vanilla.yaml"
+
+
+def ddp(devices: int, strategy: str = "ddp") -> list[str]:
+    return ["--trainer.accelerator=cpu", f"--trainer.strategy={strategy}", f"--trainer.devices={devices}"]
+
+
+def fit_args(config: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["wkd", "fit", "-c", str(config), f"--trainer.default_root_dir={run_dir}", *QUIET, *extra]
+
+
+def last_row(metrics: Path, key: str) -> float:
+    with open(metrics, newline="") as file:
+        return float([row for row in csv.DictReader(file) if row.get(key)][-1][key])
+
+
+def config_with(tmp_path: Path, fashion_dir: Path, config: Path = VANILLA, **data) -> Path:
+    path = localised_config(config, tmp_path, fashion_dir)
+    content = yaml.safe_load(path.read_text())
+    content["data"]["init_args"].update(data)
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 3])
+def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
+    """The README's DDP commands: every file of a run, exact whole-set validation top-1, resume, validate, test."""
+    config = config_with(tmp_path, fashion_dir, batch_size=6)  # 80 training images: 14 (2 ranks) / 9 (3) steps
+    run_dir = tmp_path / "run"
+    run_ok(fit_args(config, run_dir, *ddp(devices), "--trainer.max_epochs=2"), tmp_path / "fit.log")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["epochs"] == 2
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert {"val/top1", "train/top1"} <= set(next(csv.reader(open(run_dir / "metrics.csv"))))
+
+    # One process over the whole validation set (40 images: 3 ranks get 14/13/13, nothing padded) gives the same top-1.
+    single_dir = tmp_path / "single"
+    run_ok(
+        ["wkd", "validate", "-c", str(config), f"--trainer.default_root_dir={single_dir}", *QUIET,
+         f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path / "validate1.log",
+    )
+    assert last_row(single_dir / "metrics.csv", "val/top1") == pytest.approx(summary["last_val_top1"], abs=1e-7)
+
+    run_ok(fit_args(config, run_dir, *ddp(devices), "--trainer.max_epochs=3", "--ckpt_path=last"), tmp_path / "resume.log")
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["complete"] and resumed["epochs"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+    for stage in ("validate", "test"):
+        out = tmp_path / stage
+        common = ["-c", str(config), f"--trainer.default_root_dir={out}", *QUIET, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+        run_ok(["wkd", stage, *common, *ddp(devices)], tmp_path / f"{stage}.log")
+        run_ok(["wkd", stage, *common[:2], f"--trainer.default_root_dir={out}1", *common[3:]], tmp_path / f"{stage}1.log")
+        key = "val/top1" if stage == "validate" else "test/top1"
+        assert last_row(out / "metrics.csv", key) == pytest.approx(last_row(Path(f"{out}1") / "metrics.csv", key), abs=1e-7)
+
+
+@pytest.mark.slow
+def test_negative_control_a_rank_zero_collective_hangs_and_the_time_limit_catches_it(tmp_path, fashion_dir):
+    """The old summary bug, put back by a test callback: the run hangs; the runner kills every rank and fails."""
+    config = config_with(tmp_path, fashion_dir, batch_size=8)
+    args = fit_args(config, tmp_path / "run", *ddp(2), "--trainer.max_epochs=2", "--ddp_timeout=3600",
+                    "--trainer.callbacks+=tests.distributed.support.RankZeroLogDir")
+    with pytest.raises(CommandTimeout):
+        run(args, tmp_path / "fit.log", timeout=60)
+
+
+def long_fit(tmp_path: Path, fashion_dir: Path, *extra: str):
+    """A DDP fit long enough to be interrupted in its second epoch (400 images, 100 steps an epoch)."""
+    from tests.conftest import write_fashion_mnist
+
+    data = write_fashion_mnist(tmp_path / "data400", n_train=400, n_test=40)
+    config = config_with(tmp_path, data, batch_size=2)
+    run_dir = tmp_path / "run"
+    args = fit_args(config, run_dir, *ddp(2), "--trainer.max_epochs=30", *extra)
+    log = tmp_path / "fit.log"
+    process = start(args, log)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process, timeout=180)
+    return process, log, config, run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "target, signum, status",
+    [("launcher", signal.SIGTERM, 143), ("rank1", signal.SIGTERM, 143), ("launcher", signal.SIGINT, 130),
+     ("group", signal.SIGINT, 130)],
+    ids=["sigterm-launcher", "sigterm-one-rank", "ctrl-c-launcher", "ctrl-c-terminal"],
+)
+def test_signal_stops_every_rank_and_the_run_resumes(target, signum, status, tmp_path, fashion_dir):
+    process, log, config, run_dir = long_fit(tmp_path, fashion_dir)
+    import time
+
+    time.sleep(1.0)  # into the second epoch
+    if target == "group":
+        os.killpg(process.pid, signum)  # a terminal's Ctrl-C reaches every process of the foreground group
+    else:
+        from tests.distributed.launch import ranks
+
+        os.kill(process.pid if target == "launcher" else ranks(process)[0], signum)
+    finished = wait_all(process, log, timeout=60)  # every rank ends within 60 s
+    assert finished.returncode == status, finished.output[-4000:]
+    assert "training stopped (RunInterrupted)" in finished.output
+    stopped_at = max(torch.load(p, weights_only=True)["global_step"] for p in (run_dir / "checkpoints").glob("last*.ckpt"))
+    assert stopped_at > 0
+
+    run_ok(fit_args(config, run_dir, *ddp(2), "--trainer.max_epochs=2", "--ckpt_path=last"), tmp_path / "resume.log",
+           timeout=240)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["epochs"] == 2
+    assert not (run_dir / "checkpoints" / "last-interrupted.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_run_after_the_process_group_timeout(tmp_path, fashion_dir):
+    """A rank that stops answering (SIGSTOP) makes the others fail after --ddp_timeout with a message that says so,
+    and the stopped rank is ended too."""
+    process, log, _, _ = long_fit(tmp_path, fashion_dir, "--ddp_timeout=10")
+    from tests.distributed.launch import ranks
+
+    os.kill(ranks(process)[0], signal.SIGSTOP)
+    finished = wait_all(process, log, timeout=90)
+    assert finished.returncode != 0
+    assert "a collective operation (all-reduce, broadcast or barrier) failed because another rank died, hung" in (
+        finished.output
+    )
+    assert "--ddp_timeout" in finished.output
+
+
+@pytest.mark.slow
+def test_ddp_spawn_pickles_a_module_with_feature_hooks(tmp_path, fashion_dir):
+    config = config_with(tmp_path, fashion_dir, ROOT / "configs/fashion_mnist/wkd_lf.yaml", batch_size=8)
+    run_dir = tmp_path / "run"
+    run_ok(fit_args(config, run_dir, *ddp(2, "ddp_spawn"), "--trainer.max_epochs=1"), tmp_path / "fit.log")
+    assert json.loads((run_dir / "summary.json").read_text())["complete"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_with_torchrun_on_loopback(tmp_path, fashion_dir):
+    """The README's multi-node command, with both "nodes" on this machine (loopback only)."""
+    config = config_with(tmp_path, fashion_dir, batch_size=8)
+    run_dir, port = tmp_path / "run", free_port()
+    wkd = str(Path(sys.executable).parent / "wkd")
+    launches = [
+        start(
+            ["torchrun", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
+             f"--master-port={port}", wkd, "fit", "-c", str(config), f"--trainer.default_root_dir={run_dir}", *QUIET,
+             "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=1", "--trainer.num_nodes=2",
+             "--trainer.max_epochs=2"],
+            tmp_path / f"node{node}.log",
+        )
+        for node in (0, 1)
+    ]
+    results = [wait_all(p, tmp_path / f"node{n}.log", timeout=240) for n, p in enumerate(launches)]
+    for result in results:
+        assert result.returncode == 0, result.output[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["epochs"] == 2
+    assert "MEMBER: 2/2" in results[1].output  # node 1 ran as the second member of one 2-process job
+
+
+def test_process_group_timeout_reaches_lightning_strategies():
+    """--ddp_timeout sets the timeout Lightning's DDP/FSDP strategies pass to init_process_group (a private field:
+    this test fails loudly if a Lightning upgrade renames it)."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from wkd_lightning.distributed import set_process_group_timeout
+
+    for strategy in (DDPStrategy(), FSDPStrategy()):
+        set_process_group_timeout(strategy, 12.5)
+        assert strategy._timeout == timedelta(seconds=12.5)
+    with pytest.raises(ValueError, match="--ddp_timeout must be > 0"):
+        set_process_group_timeout(DDPStrategy(), 0)

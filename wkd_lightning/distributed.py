@@ -1,0 +1,50 @@
+"""Multi-process runs: a finite wait for collectives, and errors that say which rank failed and why.
+
+Lightning's DDP/FSDP strategies wait up to ``timeout`` in any collective (all-reduce, broadcast, barrier). When a
+rank dies or hangs (an out-of-memory kill, a stopped process, a node that left), the others block there; with a finite
+timeout they fail instead, and :func:`explain_collective_failure` turns torch's low-level message (gloo's "Timed out
+waiting ... for recv", "Connection reset by peer", NCCL's watchdog) into one that says what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from lightning.pytorch.strategies import Strategy
+
+#: Seconds a rank waits in one collective by default (torch's own default is 30 minutes).
+DEFAULT_TIMEOUT_S = 600.0
+#: Fragments of the errors torch raises when a peer of a collective is gone or too slow.
+PEER_FAILURE_MARKERS = ("timed out", "timeout", "connection reset by peer", "connection closed by peer", "broken pipe")
+
+
+def set_process_group_timeout(strategy: Strategy, seconds: float) -> None:
+    """Give a DDP/FSDP ``strategy`` (before its process group exists) a collective timeout of ``seconds``.
+
+    Lightning's DDP and FSDP strategies keep the timeout they pass to ``init_process_group`` in ``_timeout``; a
+    strategy without one (single device) is left alone.
+    """
+    if seconds <= 0:
+        raise ValueError(f"--ddp_timeout must be > 0 seconds, got {seconds}.")
+    if hasattr(strategy, "_timeout"):
+        strategy._timeout = timedelta(seconds=seconds)
+
+
+def explain_collective_failure(error: BaseException) -> str | None:
+    """A user-facing explanation when ``error`` is a collective that lost a peer or timed out; ``None`` otherwise."""
+    import torch.distributed as dist
+
+    text = str(error)
+    if not (dist.is_available() and dist.is_initialized()) and "gloo" not in text and "NCCL" not in text:
+        return None
+    if not any(marker in text.lower() for marker in PEER_FAILURE_MARKERS):
+        return None
+    rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", os.environ.get("LOCAL_RANK", "?"))
+    first_line = text.strip().splitlines()[0][:300]
+    return (
+        f"rank {rank} stopped: a collective operation (all-reduce, broadcast or barrier) failed because another rank "
+        f"died, hung or is unreachable ({first_line}). Look at the other ranks' output for the first error. A rank "
+        "that is only slow (a long evaluation or checkpoint on one rank) needs a longer --ddp_timeout SECONDS. The "
+        "run resumes from its last checkpoint, if it has one, with --ckpt_path last."
+    )
