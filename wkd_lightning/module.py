@@ -206,8 +206,12 @@ class DistillationModule(L.LightningModule):
                     f"the teacher outputs {tuple(teacher_logits.shape)} but the student {tuple(student_logits.shape)}: "
                     "teacher and student must predict the same classes."
                 )
-        for loss in self.losses:
-            loss.build(student_features, teacher_features)
+        # Adapters start from the run's seed, not from wherever the global RNG happens to be at set-up: Lightning
+        # re-seeds it when a DDP process group starts, so otherwise 1 and N processes would build other projectors.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(torch.initial_seed())
+            for loss in self.losses:
+                loss.build(student_features, teacher_features)
         self._probed = True
 
     def configure_optimizers(self):

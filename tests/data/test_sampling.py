@@ -139,7 +139,34 @@ def test_make_loader_splits_over_the_trainers_ranks():
     assert (train.sampler.num_replicas, train.sampler.rank, len(train.sampler)) == (2, 1, 4)
     val = make_loader(NoisyDataset(7), batch_size=3, shuffle=False, num_workers=0, trainer=trainer)
     labels = torch.cat([y for _, y in val]).tolist()
-    assert labels == [1, 3, 5, 0]  # rank 1 of 2, in order, padded with the first index
+    assert labels == [1, 3, 5]  # rank 1 of 2, in order, not padded
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_evaluation_shards_partition_the_dataset_exactly(world_size):
+    """Evaluation over N ranks sees every sample once (no padding duplicates), so synchronised metrics are exact."""
+    seen = []
+    for rank in range(world_size):
+        sampler = EpochSampler(10, shuffle=False, num_replicas=world_size, rank=rank, pad=False, with_seeds=False)
+        shard = list(sampler)
+        assert len(shard) == len(sampler)
+        seen += shard
+    assert sorted(seen) == list(range(10))
+    padded = [i for rank in range(3) for i in EpochSampler(10, shuffle=False, num_replicas=3, rank=rank, with_seeds=False)]
+    assert len(padded) == 12  # training shards are padded to equal length (DDP needs equal step counts)
+
+
+def test_seeded_loading_leaves_cuda_generators_alone(monkeypatch):
+    """Seeding a sample's augmentation must not reseed CUDA (torch.manual_seed would, on every device)."""
+
+    def forbidden(*args):
+        raise AssertionError("a CUDA generator was reseeded")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", forbidden)
+    monkeypatch.setattr(torch.cuda, "manual_seed", forbidden)
+    dataset = SeededDataset(NoisyDataset(4))
+    first, again = dataset[(2, 12345)], dataset[(2, 12345)]
+    torch.testing.assert_close(first[0], again[0])  # still seeded: the same sample seed gives the same sample
 
 
 class BatchRecorder(L.LightningModule):

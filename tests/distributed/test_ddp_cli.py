@@ -100,10 +100,10 @@ def test_negative_control_a_rank_zero_collective_hangs_and_the_time_limit_catche
 
 
 def long_fit(tmp_path: Path, fashion_dir: Path, *extra: str):
-    """A DDP fit long enough to be interrupted in its second epoch (400 images, 100 steps an epoch)."""
+    """A DDP fit long enough to be interrupted in its second epoch (160 images, 40 steps an epoch)."""
     from tests.conftest import write_fashion_mnist
 
-    data = write_fashion_mnist(tmp_path / "data400", n_train=400, n_test=40)
+    data = write_fashion_mnist(tmp_path / "data160", n_train=160, n_test=40)
     config = config_with(tmp_path, data, batch_size=2)
     run_dir = tmp_path / "run"
     args = fit_args(config, run_dir, *ddp(2), "--trainer.max_epochs=30", *extra)
@@ -212,3 +212,64 @@ def test_process_group_timeout_reaches_lightning_strategies():
         assert strategy._timeout == timedelta(seconds=12.5)
     with pytest.raises(ValueError, match="--ddp_timeout must be > 0"):
         set_process_group_timeout(DDPStrategy(), 0)
+
+
+def equality_config(tmp_path: Path, fashion_dir: Path) -> Path:
+    """KD + WKD-L + WKD-F (feature hooks) on a BatchNorm student, 2 epochs of 10 steps at a global batch of 8."""
+    teacher_file = tmp_path / "teacher.pt"
+    from wkd_lightning.models import mini_resnet14
+
+    torch.manual_seed(1)
+    torch.save(mini_resnet14().state_dict(), teacher_file)
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 2, "deterministic": True, "num_sanity_val_steps": 0},
+        "model": {
+            "student": {"class_path": "tests.distributed.support.BNNet"},
+            "teacher": {"class_path": "wkd_lightning.models.mini_resnet14"},
+            "teacher_weights": str(teacher_file),
+            "losses": [
+                {"class_path": "wkd_lightning.losses.KD", "init_args": {"temperature": 4.0, "weight": 0.9}},
+                {"class_path": "wkd_lightning.losses.WKDLogit", "init_args": {"cost": "uniform", "weight": 5.0}},
+                {"class_path": "wkd_lightning.losses.WKDFeature",
+                 "init_args": {"student_path": "features.6", "teacher_path": "layer2", "weight": 0.5}},
+            ],
+            "optimizer": {"class_path": "wkd_lightning.module.PaperSGD", "init_args": {"lr": 0.05}},
+        },
+        "data": {"class_path": "wkd_lightning.data.FashionMNISTDataModule",
+                 "init_args": {"data_dir": str(fashion_dir), "num_workers": 0, "train_size": None}},
+    }
+    path = tmp_path / "equality.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_student_as_one_with_the_same_global_batch(tmp_path, fashion_dir):
+    """DDP = one process, to fp32 noise, for a BatchNorm student with KD, WKD-L and WKD-F.
+
+    What differs with plain BatchNorm (SyncBatchNorm needs a GPU): each rank normalises with its own half-batch's
+    statistics, and the running statistics are rank 0's. The one-process run reproduces exactly that with
+    :class:`~tests.distributed.support.RankShardBatchNorm`; without it the two runs differ (checked below), so the
+    comparison can fail.
+    """
+    config = equality_config(tmp_path, fashion_dir)
+    runs = {
+        "ddp": ["--data.batch_size=4", *ddp(2)],
+        "single": ["--data.batch_size=8", "--trainer.accelerator=cpu", "--trainer.devices=1",
+                   "--trainer.callbacks+=tests.distributed.support.RankShardBatchNorm"],
+        "single_plain_bn": ["--data.batch_size=8", "--trainer.accelerator=cpu", "--trainer.devices=1"],
+    }
+    states = {}
+    for name, extra in runs.items():
+        run_dir = tmp_path / name
+        run_ok(fit_args(config, run_dir, *extra), tmp_path / f"{name}.log")
+        checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == 20
+        states[name] = checkpoint["state_dict"]
+    assert states["ddp"].keys() == states["single"].keys()
+    assert any(k.startswith("losses.") for k in states["ddp"])  # the WKD-F projector (trained with the student)
+    for key, value in states["single"].items():
+        torch.testing.assert_close(states["ddp"][key].float(), value.float(), rtol=1e-4, atol=1e-5, msg=key)
+    differs = [k for k, v in states["single_plain_bn"].items() if not torch.allclose(v.float(), states["ddp"][k].float(), rtol=1e-4, atol=1e-5)]
+    assert differs, "full-batch BatchNorm should not match per-rank statistics"
