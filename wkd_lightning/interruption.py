@@ -7,8 +7,9 @@ sets a flag; the ranks agree on stopping with one all-reduce at a fixed step int
 ``SIGTERMException`` (a ``SystemExit``) at the same step. Any rank's signal counts: SIGTERM or Ctrl-C to the launcher
 (rank 0), to one rank, or to the whole process group (a terminal's Ctrl-C). A second signal stops at once
 (``KeyboardInterrupt``). Lightning calls every callback's ``on_exception``; :class:`InterruptCheckpoint` then writes
-``last-interrupted.ckpt`` next to ``last.ckpt``. Lightning's ``--ckpt_path last`` considers every ``last*.ckpt`` in the checkpoint folder and takes the
-newest, so the resumed run continues from the interruption. The file is removed when a fit ends normally.
+``last-interrupted.ckpt`` next to ``last.ckpt``. Lightning's ``--ckpt_path last`` considers every ``last*.ckpt`` in
+the checkpoint folder and takes the newest, so the resumed run continues from the interruption. The file is removed
+when a fit ends normally.
 
 Exactness: a resume from an epoch-end ``last.ckpt`` reproduces the uninterrupted run (see the data modules' seeded
 sampler). A mid-epoch ``last-interrupted.ckpt`` keeps the weights, optimizer and schedules of the interruption, but

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import lightning as L
 
+from wkd_lightning.files import write_text_atomically
+
 SUMMARY_FILE = "summary.json"
 #: How the tables name the monitored metrics.
 METRIC_NAMES = {"val/top1": "top-1", "val/map": "mAP"}
@@ -65,9 +67,7 @@ class RunSummary(L.Callback):
             "teacher_weights": getattr(pl_module.hparams, "teacher_weights", None),
         }
         log_dir.mkdir(parents=True, exist_ok=True)
-        tmp = log_dir / f".{SUMMARY_FILE}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, log_dir / SUMMARY_FILE)  # atomic: a reader never sees half a file
+        write_text_atomically(log_dir / SUMMARY_FILE, json.dumps(summary, indent=2))  # a reader never sees half
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict:

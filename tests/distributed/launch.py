@@ -43,7 +43,11 @@ def start(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Pop
     executable = BIN / args[0] if (BIN / args[0]).exists() else args[0]
     with open(log, "w") as out:
         return subprocess.Popen(
-            [str(executable), *args[1:]], stdout=out, stderr=subprocess.STDOUT, cwd=cwd or ROOT, env=command_env(),
+            [str(executable), *args[1:]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd or ROOT,
+            env=command_env(),
             start_new_session=True,
         )
 

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -64,37 +63,64 @@ def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["epochs"] == 2
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
-    assert {"val/top1", "train/top1"} <= set(next(csv.reader(open(run_dir / "metrics.csv"))))
+    with open(run_dir / "metrics.csv", newline="") as file:
+        assert {"val/top1", "train/top1"} <= set(next(csv.reader(file)))
 
     # One process over the whole validation set (40 images: 3 ranks get 14/13/13, nothing padded) gives the same top-1.
     single_dir = tmp_path / "single"
     run_ok(
-        ["wkd", "validate", "-c", str(config), f"--trainer.default_root_dir={single_dir}", *QUIET,
-         f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+        [
+            "wkd",
+            "validate",
+            "-c",
+            str(config),
+            f"--trainer.default_root_dir={single_dir}",
+            *QUIET,
+            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        ],
         tmp_path / "validate1.log",
     )
     assert last_row(single_dir / "metrics.csv", "val/top1") == pytest.approx(summary["last_val_top1"], abs=1e-7)
 
-    run_ok(fit_args(config, run_dir, *ddp(devices), "--trainer.max_epochs=3", "--ckpt_path=last"), tmp_path / "resume.log")
+    run_ok(
+        fit_args(config, run_dir, *ddp(devices), "--trainer.max_epochs=3", "--ckpt_path=last"), tmp_path / "resume.log"
+    )
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["complete"] and resumed["epochs"] == 3
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
 
     for stage in ("validate", "test"):
         out = tmp_path / stage
-        common = ["-c", str(config), f"--trainer.default_root_dir={out}", *QUIET, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+        common = [
+            "-c",
+            str(config),
+            f"--trainer.default_root_dir={out}",
+            *QUIET,
+            "--ckpt_path",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+        ]
         run_ok(["wkd", stage, *common, *ddp(devices)], tmp_path / f"{stage}.log")
-        run_ok(["wkd", stage, *common[:2], f"--trainer.default_root_dir={out}1", *common[3:]], tmp_path / f"{stage}1.log")
+        run_ok(
+            ["wkd", stage, *common[:2], f"--trainer.default_root_dir={out}1", *common[3:]], tmp_path / f"{stage}1.log"
+        )
         key = "val/top1" if stage == "validate" else "test/top1"
-        assert last_row(out / "metrics.csv", key) == pytest.approx(last_row(Path(f"{out}1") / "metrics.csv", key), abs=1e-7)
+        assert last_row(out / "metrics.csv", key) == pytest.approx(
+            last_row(Path(f"{out}1") / "metrics.csv", key), abs=1e-7
+        )
 
 
 @pytest.mark.slow
 def test_negative_control_a_rank_zero_collective_hangs_and_the_time_limit_catches_it(tmp_path, fashion_dir):
     """The old summary bug, put back by a test callback: the run hangs; the runner kills every rank and fails."""
     config = config_with(tmp_path, fashion_dir, batch_size=8)
-    args = fit_args(config, tmp_path / "run", *ddp(2), "--trainer.max_epochs=2", "--ddp_timeout=3600",
-                    "--trainer.callbacks+=tests.distributed.support.RankZeroLogDir")
+    args = fit_args(
+        config,
+        tmp_path / "run",
+        *ddp(2),
+        "--trainer.max_epochs=2",
+        "--ddp_timeout=3600",
+        "--trainer.callbacks+=tests.distributed.support.RankZeroLogDir",
+    )
     with pytest.raises(CommandTimeout):
         run(args, tmp_path / "fit.log", timeout=60)
 
@@ -116,8 +142,12 @@ def long_fit(tmp_path: Path, fashion_dir: Path, *extra: str):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "target, signum, status",
-    [("launcher", signal.SIGTERM, 143), ("rank1", signal.SIGTERM, 143), ("launcher", signal.SIGINT, 130),
-     ("group", signal.SIGINT, 130)],
+    [
+        ("launcher", signal.SIGTERM, 143),
+        ("rank1", signal.SIGTERM, 143),
+        ("launcher", signal.SIGINT, 130),
+        ("group", signal.SIGINT, 130),
+    ],
     ids=["sigterm-launcher", "sigterm-one-rank", "ctrl-c-launcher", "ctrl-c-terminal"],
 )
 def test_signal_stops_every_rank_and_the_run_resumes(target, signum, status, tmp_path, fashion_dir):
@@ -134,11 +164,16 @@ def test_signal_stops_every_rank_and_the_run_resumes(target, signum, status, tmp
     finished = wait_all(process, log, timeout=60)  # every rank ends within 60 s
     assert finished.returncode == status, finished.output[-4000:]
     assert "training stopped (RunInterrupted)" in finished.output
-    stopped_at = max(torch.load(p, weights_only=True)["global_step"] for p in (run_dir / "checkpoints").glob("last*.ckpt"))
+    stopped_at = max(
+        torch.load(p, weights_only=True)["global_step"] for p in (run_dir / "checkpoints").glob("last*.ckpt")
+    )
     assert stopped_at > 0
 
-    run_ok(fit_args(config, run_dir, *ddp(2), "--trainer.max_epochs=2", "--ckpt_path=last"), tmp_path / "resume.log",
-           timeout=240)
+    run_ok(
+        fit_args(config, run_dir, *ddp(2), "--trainer.max_epochs=2", "--ckpt_path=last"),
+        tmp_path / "resume.log",
+        timeout=240,
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and summary["epochs"] == 2
     assert not (run_dir / "checkpoints" / "last-interrupted.ckpt").exists()
@@ -182,10 +217,25 @@ def test_two_nodes_with_torchrun_on_loopback(tmp_path, fashion_dir):
     wkd = str(Path(sys.executable).parent / "wkd")
     launches = [
         start(
-            ["torchrun", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
-             f"--master-port={port}", wkd, "fit", "-c", str(config), f"--trainer.default_root_dir={run_dir}", *QUIET,
-             "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=1", "--trainer.num_nodes=2",
-             "--trainer.max_epochs=2"],
+            [
+                "torchrun",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={node}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                wkd,
+                "fit",
+                "-c",
+                str(config),
+                f"--trainer.default_root_dir={run_dir}",
+                *QUIET,
+                "--trainer.accelerator=cpu",
+                "--trainer.strategy=ddp",
+                "--trainer.devices=1",
+                "--trainer.num_nodes=2",
+                "--trainer.max_epochs=2",
+            ],
             tmp_path / f"node{node}.log",
         )
         for node in (0, 1)
@@ -231,13 +281,17 @@ def equality_config(tmp_path: Path, fashion_dir: Path) -> Path:
             "losses": [
                 {"class_path": "wkd_lightning.losses.KD", "init_args": {"temperature": 4.0, "weight": 0.9}},
                 {"class_path": "wkd_lightning.losses.WKDLogit", "init_args": {"cost": "uniform", "weight": 5.0}},
-                {"class_path": "wkd_lightning.losses.WKDFeature",
-                 "init_args": {"student_path": "features.6", "teacher_path": "layer2", "weight": 0.5}},
+                {
+                    "class_path": "wkd_lightning.losses.WKDFeature",
+                    "init_args": {"student_path": "features.6", "teacher_path": "layer2", "weight": 0.5},
+                },
             ],
             "optimizer": {"class_path": "wkd_lightning.module.PaperSGD", "init_args": {"lr": 0.05}},
         },
-        "data": {"class_path": "wkd_lightning.data.FashionMNISTDataModule",
-                 "init_args": {"data_dir": str(fashion_dir), "num_workers": 0, "train_size": None}},
+        "data": {
+            "class_path": "wkd_lightning.data.FashionMNISTDataModule",
+            "init_args": {"data_dir": str(fashion_dir), "num_workers": 0, "train_size": None},
+        },
     }
     path = tmp_path / "equality.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -256,8 +310,12 @@ def test_two_processes_train_the_same_student_as_one_with_the_same_global_batch(
     config = equality_config(tmp_path, fashion_dir)
     runs = {
         "ddp": ["--data.batch_size=4", *ddp(2)],
-        "single": ["--data.batch_size=8", "--trainer.accelerator=cpu", "--trainer.devices=1",
-                   "--trainer.callbacks+=tests.distributed.support.RankShardBatchNorm"],
+        "single": [
+            "--data.batch_size=8",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            "--trainer.callbacks+=tests.distributed.support.RankShardBatchNorm",
+        ],
         "single_plain_bn": ["--data.batch_size=8", "--trainer.accelerator=cpu", "--trainer.devices=1"],
     }
     states = {}
@@ -271,5 +329,9 @@ def test_two_processes_train_the_same_student_as_one_with_the_same_global_batch(
     assert any(k.startswith("losses.") for k in states["ddp"])  # the WKD-F projector (trained with the student)
     for key, value in states["single"].items():
         torch.testing.assert_close(states["ddp"][key].float(), value.float(), rtol=1e-4, atol=1e-5, msg=key)
-    differs = [k for k, v in states["single_plain_bn"].items() if not torch.allclose(v.float(), states["ddp"][k].float(), rtol=1e-4, atol=1e-5)]
+    differs = [
+        k
+        for k, v in states["single_plain_bn"].items()
+        if not torch.allclose(v.float(), states["ddp"][k].float(), rtol=1e-4, atol=1e-5)
+    ]
     assert differs, "full-batch BatchNorm should not match per-rank statistics"

@@ -134,8 +134,8 @@ class SeededDataset(Dataset):
     ``torch.random.fork_rng(devices=[])`` after seeding torch's CPU generator (``torch.default_generator``) with
     ``sample_seed``, so random augmentation is a function of the seed alone and the CPU RNG state is restored
     afterwards. CUDA generators are never touched: ``torch.manual_seed`` would reseed every CUDA device (and so the
-    model's dropout or GPU-side augmentation) as a side effect of loading a sample in the main process. An ``int`` index is passed through
-    unseeded (evaluation loaders, Lightning's own sequential samplers).
+    model's dropout or GPU-side augmentation) as a side effect of loading a sample in the main process. An ``int``
+    index is passed through unseeded (evaluation loaders, Lightning's own sequential samplers).
 
     With ``return_index``, a sample ``(x, y)`` comes back as ``(x, y, index)``: its position in this dataset, which
     per-sample state such as :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`'s logit bank is keyed by.

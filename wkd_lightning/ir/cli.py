@@ -43,6 +43,7 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.data.sampling import SeededDataset
 from wkd_lightning.detection.ir import extract_roi_class_features
+from wkd_lightning.files import replaced_atomically
 from wkd_lightning.ir.extract import LOGITS, extract_class_features
 from wkd_lightning.ir.heatmap import plot_cost_heatmap
 from wkd_lightning.ir.methods import KNOWN_METHODS, classifier_cosine, cost_matrix, final_linear
@@ -222,11 +223,13 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
             "groups": grouping[0] if grouping is not None else None,
             "semantic_score": score.as_dict() if score is not None else None,
         }
-        torch.save(record, pt_path)
+        with replaced_atomically(pt_path) as tmp:  # every rank of a multi-process wkd-ban writes the same files
+            torch.save(record, tmp)
         title = f"{method} · {_short(config.data.class_path)} · {layer_name}"
         if score is not None:
             title += f"\nsemantic score {score.score:.2f} (chance {score.chance:.2f})"
-        plot_cost_heatmap(cost, class_names, png_path, title=title, groups=grouping[1] if grouping else None)
+        with replaced_atomically(png_path) as tmp:
+            plot_cost_heatmap(cost, class_names, tmp, title=title, groups=grouping[1] if grouping else None)
         summary = f"{score}" if score is not None else "semantic score n/a (no known class groups)"
         print(f"{method:>18}: {summary} -> {pt_path}, {png_path}")
         results[method] = {"cost": cost, "pt": pt_path, "png": png_path, "score": score}

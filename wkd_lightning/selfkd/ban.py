@@ -48,13 +48,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from wkd_lightning.cli import make_cli
+from wkd_lightning.files import write_text_atomically
 from wkd_lightning.ir import cli as ir_cli
 from wkd_lightning.losses import WKDLogit
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import can_resume, is_complete, read_summary
 
+#: Under DDP every rank runs this driver (Lightning's launcher starts each with the same command); rank 0 speaks.
+say = rank_zero_only(print)
 #: Options of this command that a driver config's ``ban:`` section may set.
 BAN_OPTIONS = ("generations", "run_dir", "ir_method", "ir_layer")
 #: ``wkd fit`` arguments that the driver sets itself in every generation.
@@ -130,13 +134,13 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
     for index in range(generations):
         gen_dir, module = run_dir / f"gen{index}", None
         if is_complete(gen_dir):
-            print(f"wkd-ban: generation {index} is complete, skipped ({gen_dir}).")
+            say(f"wkd-ban: generation {index} is complete, skipped ({gen_dir}).")
         else:
             config = generation_config(fit_config, index, run_dir, settings["ir_layer"], ir_method)
             module = train_generation(config, gen_dir, fit_args)
         results.append(Generation(index, gen_dir, read_summary(gen_dir), module))
-    table = write_table(results, run_dir)
-    print(table)
+    if rank_zero_only.rank == 0:
+        print(write_table(results, run_dir))
     return results
 
 
@@ -144,15 +148,16 @@ def train_generation(config: dict, gen_dir: Path, fit_args: Sequence[str]) -> Di
     """``wkd fit`` one generation's config (resuming from its last checkpoint if it has one); returns the module."""
     gen_dir.mkdir(parents=True, exist_ok=True)
     input_file = gen_dir / "config.input.yaml"
-    input_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomically(input_file, yaml.safe_dump(config, sort_keys=False))
     cli_args = ["fit", "-c", str(input_file), *fit_args]
     if can_resume(gen_dir):
-        print(f"wkd-ban: {gen_dir.name} resumes from its last checkpoint in {gen_dir / 'checkpoints'}.")
+        say(f"wkd-ban: {gen_dir.name} resumes from its last checkpoint in {gen_dir / 'checkpoints'}.")
         cli_args += ["--ckpt_path", "last"]
     with warnings.catch_warnings():  # wkd-ban's own argv is not meant for `wkd fit`: nothing to warn about
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         cli = make_cli(cli_args)
-    if not is_complete(gen_dir):
+    # Under DDP every rank runs this driver; rank 0 writes summary.json at the very end of fit, so only it checks.
+    if rank_zero_only.rank == 0 and not is_complete(gen_dir):
         raise RuntimeError(
             f"{gen_dir.name} ended without a complete {gen_dir / 'summary.json'} (a fast_dev_run, or a run without "
             "validation?); wkd-ban needs full runs with validation to pick each generation's best checkpoint."
@@ -244,7 +249,7 @@ def build_cost(resolved: dict, weights: Path, output_dir: Path, method: str, lay
         "progress": False,
     }
     config_file = output_dir / "ir.yaml"
-    config_file.write_text(yaml.safe_dump(ir_config, sort_keys=False))
+    write_text_atomically(config_file, yaml.safe_dump(ir_config, sort_keys=False))
     return ir_cli.main(["-c", str(config_file)])[method]["pt"]
 
 
