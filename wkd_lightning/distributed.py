@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from functools import partial
 
-from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from torch import nn
 
 #: Seconds a rank waits in one collective by default (torch's own default is 30 minutes).
 DEFAULT_TIMEOUT_S = 600.0
@@ -48,3 +50,55 @@ def explain_collective_failure(error: BaseException) -> str | None:
         "that is only slow (a long evaluation or checkpoint on one rank) needs a longer --ddp_timeout SECONDS. The "
         "run resumes from its last checkpoint, if it has one, with --ckpt_path last."
     )
+
+
+class TeacherShardedFSDP(FSDPStrategy):
+    """FSDP for a teacher too large for one GPU (a ViT-L teacher, say): the frozen teacher is sharded in FSDP units
+    of its own, never flattened together with the student's trainable parameters.
+
+    Each block of the teacher with at least ``teacher_min_params`` parameters not already in a smaller unit becomes
+    one FSDP unit (all-gathered for its forward, freed after), and the rest of the teacher one more; the student and
+    the losses' adapters stay in the root unit (or follow ``auto_wrap_policy`` for them, when given). So the teacher
+    holds no optimizer state (it has no trainable parameter, and no flat parameter mixes it with one), and, as with
+    every strategy, :class:`~wkd_lightning.DistillationModule` leaves it out of every checkpoint.
+
+    Use it by class path: ``--trainer.strategy wkd_lightning.distributed.TeacherShardedFSDP`` (GPUs only; see the
+    README's multi-GPU section).
+
+    Args:
+        teacher_min_params: parameter count from which a teacher block gets a unit of its own.
+        **kwargs: :class:`~lightning.pytorch.strategies.FSDPStrategy` arguments (``use_orig_params`` defaults to
+            True, which keeps the module paths the feature hooks read).
+    """
+
+    def __init__(self, teacher_min_params: int = 1_000_000, **kwargs) -> None:
+        kwargs.setdefault("use_orig_params", True)
+        kwargs.setdefault("timeout", timedelta(seconds=DEFAULT_TIMEOUT_S))
+        self.student_policy = kwargs.pop("auto_wrap_policy", None)
+        super().__init__(**kwargs)
+        self.teacher_min_params = teacher_min_params
+
+    def setup(self, trainer) -> None:
+        teacher = getattr(self.lightning_module, "teacher", None)
+        teacher_modules = {id(m) for m in teacher.modules()} if teacher is not None else set()
+        self.kwargs["auto_wrap_policy"] = partial(
+            _teacher_units, teacher_modules, id(teacher), self.teacher_min_params, self.student_policy
+        )
+        super().setup(trainer)
+
+
+def _teacher_units(
+    teacher_modules: set[int],
+    teacher_root: int,
+    min_params: int,
+    student_policy,
+    module: nn.Module,
+    recurse: bool,
+    nonwrapped_numel: int,
+) -> bool:
+    """FSDP's auto-wrap callable: ``recurse`` asks whether to look inside ``module``, else whether to wrap it."""
+    if id(module) in teacher_modules:
+        return True if recurse else id(module) == teacher_root or nonwrapped_numel >= min_params
+    if student_policy is not None:
+        return student_policy(module=module, recurse=recurse, nonwrapped_numel=nonwrapped_numel)
+    return recurse

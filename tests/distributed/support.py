@@ -74,3 +74,15 @@ class RankShardBatchNorm(L.Callback):
             return torch.stack(shards, dim=1).flatten(0, 1)  # back to positions 0, 1, 2, ... of the batch
 
         return forward
+
+
+class AssertTeacherSharded(L.Callback):
+    """Fails the run unless FSDP wrapped the teacher in units of its own, apart from the student's parameters."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        teacher_units = [m for m in pl_module.teacher.modules() if isinstance(m, FSDP)]
+        assert len(teacher_units) >= 2, "the teacher should be split into several FSDP units"
+        student_units = [m for m in pl_module.student.modules() if isinstance(m, FSDP)]
+        assert not student_units, "the student stays in the root unit"
