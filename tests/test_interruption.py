@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 from pathlib import Path
@@ -103,3 +104,16 @@ def test_wkd_exits_143_after_sigterm(monkeypatch):
         with pytest.raises(SystemExit) as info:
             entry_point()
         assert info.value.code == 143
+
+
+def test_resuming_a_run_stopped_after_its_last_epoch_marks_it_complete(tmp_path, fashion_dir):
+    """A run killed after its last epoch's last.ckpt but before fit ended: the resume trains nothing, and must still
+    mark summary.json complete (scripts that skip finished runs would otherwise resume it forever)."""
+    path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
+    args = ["fit", "-c", str(path), "--trainer.max_epochs=1", "--data.batch_size=40", *QUIET]
+    make_cli(args)
+    summary_file = tmp_path / "runs" / "vanilla" / "summary.json"
+    killed = {**json.loads(summary_file.read_text()), "complete": False}
+    summary_file.write_text(json.dumps(killed))
+    make_cli([*args, "--ckpt_path=last"])
+    assert json.loads(summary_file.read_text()) == {**killed, "complete": True}

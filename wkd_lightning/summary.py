@@ -53,6 +53,8 @@ class RunSummary(L.Callback):
         # The validation metrics in callback_metrics are already reduced over all ranks (torchmetrics syncs them).
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if self.metric not in metrics:
+            if complete:  # a resumed run that had already trained all its epochs: nothing validated, but it is done
+                self._mark_complete(log_dir, trainer.current_epoch)
             return
         key = self.metric.replace("/", "_")
         summary = {
@@ -68,6 +70,14 @@ class RunSummary(L.Callback):
         }
         log_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(log_dir / SUMMARY_FILE, json.dumps(summary, indent=2))  # a reader never sees half
+
+
+    @staticmethod
+    def _mark_complete(log_dir: Path, epochs: int) -> None:
+        if (log_dir / SUMMARY_FILE).is_file():
+            summary = read_summary(log_dir)
+            if summary.get("epochs") == epochs:
+                write_text_atomically(log_dir / SUMMARY_FILE, json.dumps({**summary, "complete": True}, indent=2))
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict:
