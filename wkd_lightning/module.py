@@ -36,6 +36,7 @@ from wkd_lightning.losses.base import (
     DistillationContext,
     DistillationLoss,
     check_labels,
+    check_number,
     loss_plugins,
     plugin_terms,
     total_loss,
@@ -77,13 +78,15 @@ class DistillationModule(L.LightningModule):
             (:class:`~wkd_lightning.selfkd.EMATeacher`, :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`). It
             excludes ``teacher``/``teacher_weights``, is saved in checkpoints under ``online_teacher.``, and may
             rebuild the WKD-L cost at every epoch start (see :mod:`wkd_lightning.selfkd.online`).
-        losses: distillation loss plug-ins; their weighted terms are added to the cross-entropy (weight 1).
+        losses: distillation loss plug-ins; their weighted terms are added to the weighted cross-entropy.
         optimizer: builds the optimizer from the trainable parameters (student and the losses' adapters only).
         lr_scheduler: builds an epoch-wise LR scheduler from the optimizer; ``None`` keeps the LR constant.
         num_classes: C; taken from the data module's ``num_classes`` when not given.
         input_size: (channels, height, width) of one input, used for the one-sample probe that checks output
             shapes and builds shape-dependent adapters; taken from the data module's ``input_size`` when not given.
         label_smoothing: label smoothing of the cross-entropy term (0 in the paper).
+        ce_weight: weight of the cross-entropy term, ``ce_weight · CE(z_s, y)`` (1 in the WKD release; mdistiller's
+            KD baselines use 0.1 on CIFAR-100 and 0.5 on ImageNet).
 
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
     online teachers that store per-sample predictions.
@@ -104,6 +107,7 @@ class DistillationModule(L.LightningModule):
         num_classes: int | None = None,
         input_size: tuple[int, int, int] | None = None,
         label_smoothing: float = 0.0,
+        ce_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -126,6 +130,7 @@ class DistillationModule(L.LightningModule):
         self.num_classes = num_classes
         self.input_size = tuple(input_size) if input_size is not None else None
         self.label_smoothing = label_smoothing
+        self.ce_weight = check_number(ce_weight, "ce_weight", "DistillationModule")
         self.student_hooks = FeatureHooks(
             student, chain.from_iterable(x.student_paths for x in self.losses), owner="student"
         )
@@ -284,7 +289,7 @@ class DistillationModule(L.LightningModule):
         logits = ctx.student_logits
         if target.ndim == 1:
             check_labels(target, logits.shape[1])
-        terms = {"ce": F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
+        terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
         distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
         if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
             terms.update(plugin_terms(self.losses, distill_ctx))
