@@ -194,6 +194,28 @@ def resnet50_cifar() -> dict[str, list[int]]:
     return k.shapes
 
 
+def resnet18_cifar() -> dict[str, list[int]]:
+    """resnetv2.ResNet18 (CRD, mdistiller): 3×3 stem to 64, basic blocks (two 3×3 convs) with ``shortcut``, ``linear``
+    on 512."""
+    k = Keys()
+    k.conv("conv1", 64, 3, 3)
+    k.bn("bn1", 64)
+    channels = 64
+    for stage, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], start=1):
+        for b in range(2):
+            p = f"layer{stage}.{b}"
+            k.conv(f"{p}.conv1", planes, channels, 3)
+            k.bn(f"{p}.bn1", planes)
+            k.conv(f"{p}.conv2", planes, planes, 3)
+            k.bn(f"{p}.bn2", planes)
+            if b == 0 and (stride != 1 or channels != planes):
+                k.conv(f"{p}.shortcut.0", planes, channels, 1)
+                k.bn(f"{p}.shortcut.1", planes)
+            channels = planes
+    k.linear("linear", NUM_CLASSES, 512)
+    return k.shapes
+
+
 def build() -> dict[str, dict[str, list[int]]]:
     narrow, wide = (16, 16, 32, 64), (32, 64, 128, 256)
     return {
@@ -207,6 +229,7 @@ def build() -> dict[str, dict[str, list[int]]]:
         "ShuffleV1": shuffle_v1(),
         "ShuffleV2": shuffle_v2(),
         "ResNet50": resnet50_cifar(),
+        "ResNet18": resnet18_cifar(),
     }
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
-import warnings
 
 from wkd_lightning.checkpoints import read_state_dict
 from wkd_lightning.losses import WKDLogit, load_cost
