@@ -31,6 +31,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.hooks import FeatureHooks
 from wkd_lightning.losses.base import (
     DistillationContext,
@@ -64,7 +65,7 @@ class PaperSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
-class DistillationModule(L.LightningModule):
+class DistillationModule(InputFingerprints, L.LightningModule):
     """Train ``student`` with cross-entropy plus distillation losses from a frozen ``teacher``.
 
     Args:
@@ -87,6 +88,9 @@ class DistillationModule(L.LightningModule):
         label_smoothing: label smoothing of the cross-entropy term (0 in the paper).
         ce_weight: weight of the cross-entropy term, ``ce_weight · CE(z_s, y)`` (1 in the WKD release; mdistiller's
             KD baselines use 0.1 on CIFAR-100 and 0.5 on ImageNet).
+        allow_changed_inputs: load a checkpoint (resume, ``validate``/``test --ckpt_path``) even when its run read
+            other teacher weights or WKD-L cost files than this module (their SHA-256 is stored in every checkpoint,
+            see :mod:`wkd_lightning.fingerprints`), with a warning; by default that is an error.
 
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
     online teachers that store per-sample predictions.
@@ -108,6 +112,7 @@ class DistillationModule(L.LightningModule):
         input_size: tuple[int, int, int] | None = None,
         label_smoothing: float = 0.0,
         ce_weight: float = 1.0,
+        allow_changed_inputs: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -139,6 +144,7 @@ class DistillationModule(L.LightningModule):
             raise ValueError(f"losses read teacher features {teacher_paths} but `teacher` is None.")
         self.teacher_hooks = FeatureHooks(self.teacher.model, teacher_paths, owner="teacher") if teacher_paths else None
         self.uses_teacher = bool(needs_teacher or teacher_paths)
+        self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
         # Best validation top-1 so far: a buffer, so it is saved in checkpoints and survives a resume.
         self.register_buffer("val_top1_best", torch.tensor(0.0))
         self._probed = False

@@ -36,6 +36,7 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
+from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.losses.base import (
     DistillationContext,
     DistillationLoss,
@@ -58,7 +59,7 @@ class DetectionSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-class DetectionDistillationModule(L.LightningModule):
+class DetectionDistillationModule(InputFingerprints, L.LightningModule):
     """Train a Faster R-CNN ``student`` with its own losses plus distillation losses from a frozen ``teacher``.
 
     Args:
@@ -73,6 +74,8 @@ class DetectionDistillationModule(L.LightningModule):
         warmup_steps: linear LR warm-up over this many optimizer steps from 0.001× (detectors diverge without one).
         ce_weight: weight of the box classifier's cross-entropy (Faster R-CNN's ``roi_classifier`` term), the
             detection counterpart of :class:`~wkd_lightning.module.DistillationModule`'s ``ce_weight`` (default 1).
+        allow_changed_inputs: load a checkpoint whose run read other teacher weights or WKD-L cost files, with a
+            warning, instead of refusing it (see :mod:`wkd_lightning.fingerprints`).
 
     Batches are ``(images, targets)``: lists of ``3×H×W`` images in [0, 1] and of ``{"boxes", "labels", ...}`` dicts
     (:class:`~wkd_lightning.data.COCODetectionDataModule`).
@@ -91,6 +94,7 @@ class DetectionDistillationModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 1000,
         ce_weight: float = 1.0,
+        allow_changed_inputs: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
@@ -118,6 +122,7 @@ class DetectionDistillationModule(L.LightningModule):
                     "have the data's num_classes (background included)."
                 )
         self.uses_teacher = bool(needs_teacher) or any(loss.teacher_paths for loss in self.losses)
+        self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.warmup_steps = warmup_steps
