@@ -46,7 +46,7 @@ sets ``trainer.max_epochs = E`` and rescales every epoch count that depends on t
 and online self-KD's ``LinearWarmup.warmup_epochs`` (5 of 15), rounded half up, warm-ups at least 1.
 
 **Born-Again generations.** ``wkd-ban`` runs generation 0 (the student alone, cross-entropy only, seed s) and
-generation 1 (a fresh student, seed s + 1, distilled from generation 0's best checkpoint; for BAN-WKD-L with a
+generation 1 (a fresh student, seed s + 1, distilled from generation 0's last checkpoint; for BAN-WKD-L with a
 ``class_mean_cosine`` cost rebuilt from generation 0). Generation 0 is exactly the vanilla run of the same seed: the
 same student, optimizer, LR schedule, data, seeds and epochs, with no loss plug-in and no teacher (the derived
 configs are checked to agree, :func:`ban_gen0_matches_vanilla`; a separate ``wkd-ban`` generation 0 of the

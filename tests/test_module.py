@@ -126,6 +126,34 @@ def test_training_loss_is_ce_plus_weighted_kd():
     torch.testing.assert_close(kd_loss(student_logits, teacher_logits, 3.0), kl, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("ce_weight", [0.1, 0.5, 0.0])
+def test_ce_weight_scales_the_cross_entropy_only(ce_weight):
+    """mdistiller's KD is ``0.1·CE + 0.9·KD`` on CIFAR-100: ``ce_weight`` weights the CE term, nothing else."""
+    torch.manual_seed(0)
+    student, teacher = mini_resnet8(), mini_resnet14()
+    module = DistillationModule(
+        student=student, teacher=teacher, losses=[KD(temperature=4.0, weight=0.9)], ce_weight=ce_weight
+    )
+    logged = {}
+    module.log = lambda *a, **k: None
+    module.log_dict = lambda values, **k: logged.update(values)
+    module._make_metrics(10)
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5])
+    total = module.training_step((x, y), 0)
+    student_logits, teacher_logits = student(x), module.teacher(x)
+    ce = -F.log_softmax(student_logits, dim=1)[torch.arange(6), y].mean()  # written out, not F.cross_entropy
+    p_t = F.softmax(teacher_logits / 4.0, dim=1)
+    kl = (p_t * (p_t.log() - F.log_softmax(student_logits / 4.0, dim=1))).sum(1).mean() * 16.0
+    torch.testing.assert_close(total, ce_weight * ce + 0.9 * kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logged["train/loss/ce"], ce_weight * ce.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_ce_weight_must_be_a_finite_non_negative_number(bad):
+    with pytest.raises(ValueError, match=r"DistillationModule: ce_weight must be a finite number >= 0, got"):
+        DistillationModule(student=mini_resnet8(), ce_weight=bad)
+
+
 def test_top1_top5_on_a_hand_made_batch(tmp_path):
     # The "student" passes hand-made logits through, so the expected accuracies are known exactly.
     logits = torch.tensor(

@@ -31,11 +31,13 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.hooks import FeatureHooks
 from wkd_lightning.losses.base import (
     DistillationContext,
     DistillationLoss,
     check_labels,
+    check_number,
     loss_plugins,
     plugin_terms,
     total_loss,
@@ -63,7 +65,7 @@ class PaperSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
-class DistillationModule(L.LightningModule):
+class DistillationModule(InputFingerprints, L.LightningModule):
     """Train ``student`` with cross-entropy plus distillation losses from a frozen ``teacher``.
 
     Args:
@@ -77,13 +79,18 @@ class DistillationModule(L.LightningModule):
             (:class:`~wkd_lightning.selfkd.EMATeacher`, :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`). It
             excludes ``teacher``/``teacher_weights``, is saved in checkpoints under ``online_teacher.``, and may
             rebuild the WKD-L cost at every epoch start (see :mod:`wkd_lightning.selfkd.online`).
-        losses: distillation loss plug-ins; their weighted terms are added to the cross-entropy (weight 1).
+        losses: distillation loss plug-ins; their weighted terms are added to the weighted cross-entropy.
         optimizer: builds the optimizer from the trainable parameters (student and the losses' adapters only).
         lr_scheduler: builds an epoch-wise LR scheduler from the optimizer; ``None`` keeps the LR constant.
         num_classes: C; taken from the data module's ``num_classes`` when not given.
         input_size: (channels, height, width) of one input, used for the one-sample probe that checks output
             shapes and builds shape-dependent adapters; taken from the data module's ``input_size`` when not given.
         label_smoothing: label smoothing of the cross-entropy term (0 in the paper).
+        ce_weight: weight of the cross-entropy term, ``ce_weight · CE(z_s, y)`` (1 in the WKD release; mdistiller's
+            KD baselines use 0.1 on CIFAR-100 and 0.5 on ImageNet).
+        allow_changed_inputs: load a checkpoint (resume, ``validate``/``test --ckpt_path``) even when its run read
+            other teacher weights or WKD-L cost files than this module (their SHA-256 is stored in every checkpoint,
+            see :mod:`wkd_lightning.fingerprints`), with a warning; by default that is an error.
 
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
     online teachers that store per-sample predictions.
@@ -104,6 +111,8 @@ class DistillationModule(L.LightningModule):
         num_classes: int | None = None,
         input_size: tuple[int, int, int] | None = None,
         label_smoothing: float = 0.0,
+        ce_weight: float = 1.0,
+        allow_changed_inputs: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -126,6 +135,7 @@ class DistillationModule(L.LightningModule):
         self.num_classes = num_classes
         self.input_size = tuple(input_size) if input_size is not None else None
         self.label_smoothing = label_smoothing
+        self.ce_weight = check_number(ce_weight, "ce_weight", "DistillationModule")
         self.student_hooks = FeatureHooks(
             student, chain.from_iterable(x.student_paths for x in self.losses), owner="student"
         )
@@ -134,6 +144,7 @@ class DistillationModule(L.LightningModule):
             raise ValueError(f"losses read teacher features {teacher_paths} but `teacher` is None.")
         self.teacher_hooks = FeatureHooks(self.teacher.model, teacher_paths, owner="teacher") if teacher_paths else None
         self.uses_teacher = bool(needs_teacher or teacher_paths)
+        self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
         # Best validation top-1 so far: a buffer, so it is saved in checkpoints and survives a resume.
         self.register_buffer("val_top1_best", torch.tensor(0.0))
         self._probed = False
@@ -288,7 +299,7 @@ class DistillationModule(L.LightningModule):
         logits = ctx.student_logits
         if target.ndim == 1:
             check_labels(target, logits.shape[1])
-        terms = {"ce": F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
+        terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
         distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
         if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
             terms.update(plugin_terms(self.losses, distill_ctx))

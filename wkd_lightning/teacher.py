@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from wkd_lightning.checkpoints import describe_mismatch, read_state_dict
+from wkd_lightning.checkpoints import describe_mismatch, fill_missing_bn_counters, read_state_dict
 
 if TYPE_CHECKING:  # for annotations only: wkd_lightning.selfkd itself imports this module
     from wkd_lightning.losses.base import DistillationLoss
@@ -87,15 +87,26 @@ def refuse_teacher_entries(state: Mapping[str, Tensor]) -> None:
 def load_weights(model: nn.Module, path: str | os.PathLike, *, owner: str = "teacher") -> nn.Module:
     """Load the weights in ``path`` into ``model`` with strict key and shape checking.
 
-    BatchNorm's ``num_batches_tracked`` counters in the file are dropped where the model has none (frozen BatchNorm,
-    as in torchvision's detectors, whose released files were saved from ordinary BatchNorm).
+    Before the check, three known layouts are reconciled, and nothing else:
+
+    * BatchNorm ``num_batches_tracked`` counters in the file are dropped where the model has none (frozen BatchNorm,
+      as in torchvision's detectors, whose released files were saved from ordinary BatchNorm);
+    * counters the model has but an old file lacks (torchvision's 2017 ImageNet files) are filled with 0
+      (:func:`~wkd_lightning.checkpoints.fill_missing_bn_counters`);
+    * a model with a ``convert_state_dict`` method (e.g. :class:`~wkd_lightning.models.MobileNetV1`, for mdistiller's
+      key names) renames a foreign layout of the same architecture to its own.
 
     Raises:
         ValueError: the keys or shapes differ; the message lists the first mismatches so a wrong architecture is
             easy to spot.
     """
     expected = model.state_dict()
-    state = {k: v for k, v in read_state_dict(path).items() if k in expected or not k.endswith(".num_batches_tracked")}
+    state = read_state_dict(path)
+    convert = getattr(model, "convert_state_dict", None)
+    if callable(convert):
+        state = convert(state)
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith(".num_batches_tracked")}
+    fill_missing_bn_counters(expected, state)
     problem = describe_mismatch(expected, state)
     if problem:
         raise ValueError(

@@ -111,6 +111,24 @@ def test_training_step_distils_rois_and_keeps_the_teacher_frozen(tmp_path, train
     assert not [k for k in module.state_dict() if k.startswith("teacher.")]
 
 
+def test_ce_weight_scales_the_box_classifier_term_only(train_batch):
+    """The detection ``ce_weight`` weights Faster R-CNN's RoI cross-entropy and leaves the other three terms alone."""
+    logged = []
+    for ce_weight in (1.0, 0.25):
+        module = DetectionDistillationModule(student=small_detector(), warmup_steps=0, ce_weight=ce_weight)
+        module.log = lambda *a, **k: None
+        module.log_dict = lambda values, **k: logged.append({k2: float(v) for k2, v in values.items()})
+        module.train()
+        torch.manual_seed(0)  # torchvision's RPN and RoI samplers draw from the global RNG
+        module.training_step(train_batch, 0)
+    plain, weighted = logged
+    assert weighted["train/loss/roi_classifier"] == pytest.approx(0.25 * plain["train/loss/roi_classifier"], rel=1e-6)
+    for key in ("rpn_objectness", "rpn_box", "roi_box"):
+        assert weighted[f"train/loss/{key}"] == pytest.approx(plain[f"train/loss/{key}"], rel=1e-6)
+    with pytest.raises(ValueError, match=r"DetectionDistillationModule: ce_weight must be a finite number >= 0"):
+        DetectionDistillationModule(student=small_detector(), ce_weight=-1.0)
+
+
 def test_module_rejects_what_cannot_work(tmp_path):
     weights = teacher_file(tmp_path, small_detector())
     with pytest.raises(TypeError, match="must be a torchvision FasterRCNN"):

@@ -62,20 +62,55 @@ def test_conv1x1_layers(pair: str, conv_type: type, kernel: int, stride: int, pa
     assert isinstance(relu, nn.ReLU)
 
 
+CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+
+
 @pytest.mark.parametrize(("pair", "middle_type", "kernel"), [("same", nn.Conv2d, 3), ("down", nn.Conv2d, 3)])
-def test_bottleneck_layers(pair: str, middle_type: type, kernel: int) -> None:
+def test_bottleneck_is_the_released_layer_stack(pair: str, middle_type: type, kernel: int) -> None:
+    """RELEASE_RECIPES row 2: Conv1×1 C→256 (bias) → Conv3×3 256→256 (bias) → Conv1×1 256→C_t (bias) → one BN → ReLU."""
     projector = make_projector("bottleneck", *SHAPE_PAIRS[pair])
-    convs = [m for m in projector if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    assert [type(m) for m in projector] == [nn.Conv2d, middle_type, nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    convs = list(projector)[:3]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(6, 256), (256, 256), (256, 10)]
+    assert [c.kernel_size for c in convs] == [(1, 1), (kernel, kernel), (1, 1)]
+    assert all(c.bias is not None and c.bias.shape == (c.out_channels,) for c in convs)
+    assert projector[3].num_features == 10
+
+
+def test_bottleneck_matches_hand_written_layers() -> None:
+    """The same weights in a hand-built conv/conv/conv/BN/ReLU give the same output (eval mode: running statistics)."""
+    torch.manual_seed(0)
+    projector = make_projector("bottleneck", (2, 6, 7, 7), (2, 10, 7, 7)).eval()
+    w1, b1, w2, b2, w3, b3 = (p.detach() for p in list(projector.parameters())[:6])
+    bn = projector[3]
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 6, 7, 7)
+    h = torch.nn.functional.conv2d(x, w1, b1)
+    h = torch.nn.functional.conv2d(h, w2, b2, padding=1)
+    h = torch.nn.functional.conv2d(h, w3, b3)
+    h = (h - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    expected = (h * bn.weight.detach()[:, None, None] + bn.bias.detach()[:, None, None]).clamp_min(0)
+    torch.testing.assert_close(projector(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("pair", "middle_type", "kernel"), [("same", nn.Conv2d, 3), ("down", nn.Conv2d, 3)])
+def test_bottleneck_bn_each_layers(pair: str, middle_type: type, kernel: int) -> None:
+    projector = make_projector("bottleneck_bn_each", *SHAPE_PAIRS[pair])
+    convs = [m for m in projector if isinstance(m, CONV_TYPES)]
     assert [c.out_channels for c in convs] == [BOTTLENECK_CHANNELS, BOTTLENECK_CHANNELS, 10]
     assert [c.kernel_size for c in convs] == [(1, 1), (kernel, kernel), (1, 1)]
     assert type(convs[1]) is middle_type
+    assert all(c.bias is None for c in convs)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in projector) == 3
     assert sum(isinstance(m, nn.ReLU) for m in projector) == 3
 
 
-def test_bottleneck_upsamples_in_the_middle() -> None:
-    projector = make_projector("bottleneck", *SHAPE_PAIRS["up"])
-    assert isinstance(projector[3], nn.ConvTranspose2d)
+@pytest.mark.parametrize(("kind", "middle"), [("bottleneck", 1), ("bottleneck_bn_each", 3)])
+def test_bottleneck_upsamples_in_the_middle(kind: str, middle: int) -> None:
+    projector = make_projector(kind, *SHAPE_PAIRS["up"])
+    assert isinstance(projector[middle], nn.ConvTranspose2d)
+    assert (projector[middle].bias is not None) == (kind == "bottleneck")
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,7 @@ BAD_HYPERPARAMETERS = {
     ),
     "WKDFeature-projector": (
         lambda: WKDFeature("a", "b", projector="linear"),
-        "WKDFeature: unknown projector 'linear'; expected one of ('conv1x1', 'bottleneck').",
+        "WKDFeature: unknown projector 'linear'; expected one of ('conv1x1', 'bottleneck', 'bottleneck_bn_each').",
     ),
     "gaussian_wd_loss-grid=0": (
         lambda: gaussian_wd_loss(_MAPS, _MAPS, grid=0),
@@ -399,7 +399,7 @@ def test_negative_cost_entries_are_clipped_not_refused(kappa: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # WKD-F feature maps and projectors.
 
-KINDS = "('conv1x1', 'bottleneck')"
+KINDS = "('conv1x1', 'bottleneck', 'bottleneck_bn_each')"
 
 
 @pytest.mark.parametrize(
@@ -427,7 +427,7 @@ KINDS = "('conv1x1', 'bottleneck')"
     ],
     ids=["3x-smaller", "student-not-4d", "teacher-not-4d"],
 )
-@pytest.mark.parametrize("projector", ["conv1x1", "bottleneck"])
+@pytest.mark.parametrize("projector", ["conv1x1", "bottleneck", "bottleneck_bn_each"])
 def test_feature_shapes_no_projector_can_map(projector: str, student_shape, teacher_shape, message: str) -> None:
     loss = WKDFeature("s", "t", projector=projector)
     _raises(lambda: loss.build({"s": torch.zeros(student_shape)}, {"t": torch.zeros(teacher_shape)}), message)

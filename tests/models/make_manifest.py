@@ -39,24 +39,30 @@ class Keys:
         self.shapes[f"{name}.bias"] = [out]
 
 
-def cifar_resnet(depth: int, filters: tuple[int, int, int, int]) -> dict[str, list[int]]:
-    """resnet8 … resnet110, resnet8x4, resnet32x4: post-activation BasicBlocks, ``downsample`` = 1×1 conv + BN."""
-    k, n = Keys(), (depth - 2) // 6
-    k.conv("conv1", filters[0], 3, 3)
-    k.bn("bn1", filters[0])
-    channels = filters[0]
-    for stage in (1, 2, 3):
-        planes, stride = filters[stage], (1 if stage == 1 else 2)
-        for b in range(n):
+def basic_block_stages(k: Keys, stages: list[tuple[int, int]], blocks: int, channels: int, projection: str) -> None:
+    """Keys of ``layer1..`` made of post-activation basic blocks (two 3×3 conv + BN); the first block of a stage that
+    changes the shape has a 1×1 conv + BN projection named ``projection`` (``downsample`` or ``shortcut``)."""
+    for stage, (planes, stride) in enumerate(stages, start=1):
+        for b in range(blocks):
             p = f"layer{stage}.{b}"
             k.conv(f"{p}.conv1", planes, channels, 3)
             k.bn(f"{p}.bn1", planes)
             k.conv(f"{p}.conv2", planes, planes, 3)
             k.bn(f"{p}.bn2", planes)
             if b == 0 and (stride != 1 or channels != planes):
-                k.conv(f"{p}.downsample.0", planes, channels, 1)
-                k.bn(f"{p}.downsample.1", planes)
+                k.conv(f"{p}.{projection}.0", planes, channels, 1)
+                k.bn(f"{p}.{projection}.1", planes)
             channels = planes
+
+
+def cifar_resnet(depth: int, filters: tuple[int, int, int, int]) -> dict[str, list[int]]:
+    """resnet8 … resnet110, resnet8x4, resnet32x4: post-activation BasicBlocks, ``downsample`` = 1×1 conv + BN."""
+    k, n = Keys(), (depth - 2) // 6
+    k.conv("conv1", filters[0], 3, 3)
+    k.bn("bn1", filters[0])
+    channels = filters[0]
+    stages = [(filters[stage], 1 if stage == 1 else 2) for stage in (1, 2, 3)]
+    basic_block_stages(k, stages, n, channels, projection="downsample")
     k.linear("fc", NUM_CLASSES, filters[3])
     return k.shapes
 
@@ -194,6 +200,17 @@ def resnet50_cifar() -> dict[str, list[int]]:
     return k.shapes
 
 
+def resnet18_cifar() -> dict[str, list[int]]:
+    """resnetv2.ResNet18 (CRD, mdistiller): 3×3 stem to 64, basic blocks (two 3×3 convs) with ``shortcut``, ``linear``
+    on 512."""
+    k = Keys()
+    k.conv("conv1", 64, 3, 3)
+    k.bn("bn1", 64)
+    basic_block_stages(k, [(64, 1), (128, 2), (256, 2), (512, 2)], 2, 64, projection="shortcut")
+    k.linear("linear", NUM_CLASSES, 512)
+    return k.shapes
+
+
 def build() -> dict[str, dict[str, list[int]]]:
     narrow, wide = (16, 16, 32, 64), (32, 64, 128, 256)
     return {
@@ -207,6 +224,7 @@ def build() -> dict[str, dict[str, list[int]]]:
         "ShuffleV1": shuffle_v1(),
         "ShuffleV2": shuffle_v2(),
         "ResNet50": resnet50_cifar(),
+        "ResNet18": resnet18_cifar(),
     }
 
 

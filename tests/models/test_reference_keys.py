@@ -58,6 +58,7 @@ PUBLISHED_PARAMS_M = {
     "ShuffleV1": 0.95,
     "ShuffleV2": 1.36,
     "ResNet50": 23.71,
+    "ResNet18": 11.22,
 }
 
 

@@ -28,7 +28,7 @@ SLOW = HEAVY | {"resnet34", "resnet50"}  # 224×224 forward + backward of the bi
 CIFAR = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
-    "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50",
+    "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50", "ResNet18",
 ]  # fmt: skip
 IMAGENET = ["resnet18", "resnet34", "resnet50", "mobilenet_v1", "vit_b_16", "swin_t"]
 SMALL_GREY = ["mini_resnet8", "mini_resnet14"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,17 +28,22 @@ def small(fashion_dir: Path, epochs: int = 1) -> list[str]:
             "--trainer.limit_val_batches=1", *QUIET]  # fmt: skip
 
 
-def test_each_generation_distils_from_the_previous_ones_frozen_weights(tmp_path, fashion_dir):
+def test_each_generation_distils_from_the_previous_ones_last_frozen_weights(tmp_path, fashion_dir):
     run_dir = tmp_path / "ban"
-    generations = ban.run(["-c", str(BAN_WKD_L), "--generations", "2", "--run_dir", str(run_dir), *small(fashion_dir)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generations = ban.run(
+            ["-c", str(BAN_WKD_L), "--generations", "2", "--run_dir", str(run_dir), *small(fashion_dir)]
+        )
+    assert not [w for w in caught if "teacher_checkpoint" in str(w.message)]  # the default does not warn
     gen0, gen1 = generations
     assert gen0.summary["losses"] == [] and gen0.module.teacher is None  # generation 0: CE only, no teacher
     assert gen1.summary["losses"] == ["WKDLogit"]
 
-    best0 = run_dir / "gen0" / "checkpoints" / "best.ckpt"
+    last0 = run_dir / "gen0" / "checkpoints" / "last.ckpt"  # the teacher of generation 1, as in BAN
     teacher = gen1.module.teacher
-    assert gen1.module.hparams.teacher_weights == str(best0)
-    expected = read_state_dict(best0)  # generation 0's student, BN statistics included
+    assert gen1.module.hparams.teacher_weights == str(last0)
+    expected = read_state_dict(last0)  # generation 0's student at its last epoch, BN statistics included
     after_training = teacher.model.state_dict()
     assert after_training.keys() == expected.keys()
     assert all(torch.equal(after_training[k], v) for k, v in expected.items())  # equal, and unchanged by gen 1
@@ -48,7 +54,7 @@ def test_each_generation_distils_from_the_previous_ones_frozen_weights(tmp_path,
     # WKD-L's cost was built from generation 0 by wkd-ir and is the one generation 1 trained with.
     cost_file = run_dir / "gen1" / "ir" / "class_mean_cosine.pt"
     record = torch.load(cost_file, weights_only=True)
-    assert record["teacher_weights"] == str(best0) and record["layer"] == "pool"
+    assert record["teacher_weights"] == str(last0) and record["layer"] == "pool"
     config = yaml.safe_load((run_dir / "gen1" / "config.input.yaml").read_text())
     assert config["model"]["losses"][0]["init_args"]["cost"] == str(cost_file)
     assert [config["seed_everything"], yaml.safe_load((run_dir / "gen0" / "config.input.yaml").read_text())[
@@ -94,6 +100,24 @@ def test_an_interrupted_run_resumes_in_the_generation_it_stopped_in(tmp_path, fa
         generations[0].module is None and generations[1].summary["complete"] and generations[1].summary["epochs"] == 2
     )
     assert len(json.loads((run_dir / "generations.json").read_text())) == 2
+
+
+def test_best_checkpoint_teachers_are_an_opt_in_that_warns(tmp_path, fashion_dir):
+    """``--teacher_checkpoint best`` takes generation k-1's best.ckpt and warns about test-set selection."""
+    run_dir = tmp_path / "ban"
+    args = ["-c", str(BAN_KD), "--generations", "2", "--run_dir", str(run_dir), *small(fashion_dir)]
+    with pytest.warns(UserWarning, match=r"--teacher_checkpoint best: .* test-set selection"):
+        generations = ban.run([*args, "--teacher_checkpoint", "best"])
+    best0 = run_dir / "gen0" / "checkpoints" / "best.ckpt"
+    assert generations[1].module.hparams.teacher_weights == str(best0)
+    expected = read_state_dict(best0)
+    assert all(torch.equal(generations[1].module.teacher.model.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_an_unknown_teacher_checkpoint_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        ban.run(["-c", str(BAN_KD), "--teacher_checkpoint", "median"])
+    assert "--teacher_checkpoint must be one of last, best, got 'median'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("generations", ["0", "-1"])

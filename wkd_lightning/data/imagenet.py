@@ -117,6 +117,7 @@ class ImageNetDataModule(ClassificationDataModule):
         if stage in ("validate", "test", "predict"):
             self.val_set = self._folder("val", train=False)
             self._check_count(self.val_set)
+            self.test_set = self.val_set  # test and predict read the validation split
             self.class_names = tuple(self.val_set.classes)
             return
         train = self._folder("train", train=True)

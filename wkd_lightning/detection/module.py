@@ -36,7 +36,15 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins, plugin_terms, total_loss
+from wkd_lightning.fingerprints import InputFingerprints
+from wkd_lightning.losses.base import (
+    DistillationContext,
+    DistillationLoss,
+    check_number,
+    loss_plugins,
+    plugin_terms,
+    total_loss,
+)
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
 #: The COCO metrics logged, by torchmetrics' key.
@@ -51,7 +59,7 @@ class DetectionSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-class DetectionDistillationModule(L.LightningModule):
+class DetectionDistillationModule(InputFingerprints, L.LightningModule):
     """Train a Faster R-CNN ``student`` with its own losses plus distillation losses from a frozen ``teacher``.
 
     Args:
@@ -64,6 +72,10 @@ class DetectionDistillationModule(L.LightningModule):
         optimizer: builds the optimizer from the student's and the losses' trainable parameters.
         lr_scheduler: an epoch-wise LR scheduler (e.g. ``MultiStepLR`` with milestones [8, 11] for the 1× schedule).
         warmup_steps: linear LR warm-up over this many optimizer steps from 0.001× (detectors diverge without one).
+        ce_weight: weight of the box classifier's cross-entropy (Faster R-CNN's ``roi_classifier`` term), the
+            detection counterpart of :class:`~wkd_lightning.module.DistillationModule`'s ``ce_weight`` (default 1).
+        allow_changed_inputs: load a checkpoint whose run read other teacher weights or WKD-L cost files, with a
+            warning, instead of refusing it (see :mod:`wkd_lightning.fingerprints`).
 
     Batches are ``(images, targets)``: lists of ``3×H×W`` images in [0, 1] and of ``{"boxes", "labels", ...}`` dicts
     (:class:`~wkd_lightning.data.COCODetectionDataModule`).
@@ -81,6 +93,8 @@ class DetectionDistillationModule(L.LightningModule):
         optimizer: OptimizerCallable = DetectionSGD,
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 1000,
+        ce_weight: float = 1.0,
+        allow_changed_inputs: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
@@ -108,9 +122,11 @@ class DetectionDistillationModule(L.LightningModule):
                     "have the data's num_classes (background included)."
                 )
         self.uses_teacher = bool(needs_teacher) or any(loss.teacher_paths for loss in self.losses)
+        self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.warmup_steps = warmup_steps
+        self.ce_weight = check_number(ce_weight, "ce_weight", "DetectionDistillationModule")
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
         self.test_map = self.val_map.clone()
         self.register_buffer("val_map_best", torch.tensor(0.0))
@@ -181,6 +197,7 @@ class DetectionDistillationModule(L.LightningModule):
         images, targets = unpack_detection_batch(batch)
         student = student_rois(self.student, images, targets)
         terms = dict(student.losses)
+        terms["roi_classifier"] = self.ce_weight * terms["roi_classifier"]
         if self.losses:
             teacher = teacher_rois(self.teacher.model, student.images, student.proposals) if self.uses_teacher else None
             ctx = DistillationContext(

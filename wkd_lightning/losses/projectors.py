@@ -6,11 +6,16 @@ A feature-distillation loss compares a student feature map ``F_s`` (B×C_s×H_s�
 - ``conv1x1``: one convolution + BN + ReLU. The convolution is a 1×1 conv when the maps have the same spatial size,
   a 3×3 stride-2 conv (padding 1) when the student map is twice as large, and a 4×4 stride-2 transposed conv
   (padding 1) when it is half as large. This is also FitNet's hint regressor.
-- ``bottleneck``: 1×1 conv C_s→256 + BN + ReLU, 3×3 conv 256→256 + BN + ReLU, 1×1 conv 256→C_t + BN + ReLU. The
-  middle layer carries the spatial change (3×3 stride 1 if same size, 3×3 stride 2 if the student is twice as large,
-  4×4 stride-2 transposed conv if half), so the 1×1 layers only mix channels. Every conv is followed by BN and
-  ReLU, so the output, like the ``conv1x1`` projector's, is non-negative, as are the post-ReLU stage outputs
-  (e.g. ResNet's ``layer4``) that WKD-F usually reads from the teacher.
+- ``bottleneck`` (the release's ImageNet projector): 1×1 conv C_s→256, 3×3 conv 256→256, 1×1 conv 256→C_t, every
+  conv with a bias and no normalisation in between, then ONE BatchNorm over C_t and a ReLU. The middle conv carries
+  the spatial change (3×3 stride 1, padding 1 if same size; 3×3 stride 2 if the student is twice as large; 4×4
+  stride-2 transposed conv if half), so the 1×1 convs only mix channels. The ImageNet pairs of SPEC §5 have equal
+  7×7 maps, where this is exactly the release's layer stack.
+- ``bottleneck_bn_each`` (ours, a deviation kept for ablations): the same three convs without biases, each followed
+  by its own BN + ReLU (this was this project's ``bottleneck`` before it was aligned with the release).
+
+Every kind ends in BN + ReLU, so its output is non-negative, as are the post-ReLU stage outputs (e.g. ResNet's
+``layer4``) that WKD-F usually reads from the teacher.
 
 Both are built by :func:`make_projector`; :class:`ProjectedFeatureLoss` holds the build/lookup logic shared by
 WKD-F and FitNet.
@@ -26,9 +31,9 @@ from wkd_lightning.losses.base import DistillationContext, DistillationLoss
 from wkd_lightning.losses.schedule import WeightSchedule
 
 #: The projector kinds :func:`make_projector` knows.
-PROJECTOR_KINDS: tuple[str, ...] = ("conv1x1", "bottleneck")
+PROJECTOR_KINDS: tuple[str, ...] = ("conv1x1", "bottleneck", "bottleneck_bn_each")
 
-#: Hidden width of the ``bottleneck`` projector.
+#: Hidden width of the ``bottleneck`` projectors.
 BOTTLENECK_CHANNELS = 256
 
 _SUPPORTED_RATIOS = (
@@ -76,13 +81,15 @@ def spatial_relation(student_shape: Sequence[int], teacher_shape: Sequence[int])
     )
 
 
-def _resampling_conv(in_channels: int, out_channels: int, relation: str, same_kernel: int) -> nn.Module:
+def _resampling_conv(
+    in_channels: int, out_channels: int, relation: str, same_kernel: int, bias: bool = False
+) -> nn.Module:
     """The conv that maps ``in_channels`` → ``out_channels`` and applies the spatial change ``relation``."""
     if relation == "down":
-        return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False)
+        return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=bias)
     if relation == "up":
-        return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False)
-    return nn.Conv2d(in_channels, out_channels, kernel_size=same_kernel, padding=same_kernel // 2, bias=False)
+        return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+    return nn.Conv2d(in_channels, out_channels, kernel_size=same_kernel, padding=same_kernel // 2, bias=bias)
 
 
 def _conv_bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
@@ -93,7 +100,7 @@ def make_projector(kind: str, student_shape: Sequence[int], teacher_shape: Seque
     """Build a trainable projector that maps student maps of ``student_shape`` to ``teacher_shape``.
 
     Args:
-        kind: ``"conv1x1"`` or ``"bottleneck"`` (see the module docstring for the layers).
+        kind: one of :data:`PROJECTOR_KINDS` (see the module docstring for the layers).
         student_shape: the student map's B×C_s×H_s×W_s shape (e.g. ``tensor.shape``; B is ignored).
         teacher_shape: the teacher map's B×C_t×H_t×W_t shape.
 
@@ -111,6 +118,14 @@ def make_projector(kind: str, student_shape: Sequence[int], teacher_shape: Seque
     if kind == "conv1x1":
         return nn.Sequential(*_conv_bn_relu(_resampling_conv(c_s, c_t, relation, same_kernel=1), c_t))
     hidden = BOTTLENECK_CHANNELS
+    if kind == "bottleneck":  # the release: three biased convs, then a single BN + ReLU
+        return nn.Sequential(
+            nn.Conv2d(c_s, hidden, kernel_size=1, bias=True),
+            _resampling_conv(hidden, hidden, relation, same_kernel=3, bias=True),
+            nn.Conv2d(hidden, c_t, kernel_size=1, bias=True),
+            nn.BatchNorm2d(c_t),
+            nn.ReLU(inplace=True),
+        )
     return nn.Sequential(
         *_conv_bn_relu(nn.Conv2d(c_s, hidden, kernel_size=1, bias=False), hidden),
         *_conv_bn_relu(_resampling_conv(hidden, hidden, relation, same_kernel=3), hidden),

@@ -6,7 +6,8 @@ are (no wrapper, no key prefix), so torchvision's released state dicts load key 
 :class:`~wkd_lightning.teacher.FrozenTeacher` / :func:`~wkd_lightning.teacher.load_weights` from a local file (nothing
 is downloaded here). :class:`MobileNetV1` is written here from the architecture description of Howard et al. (2017)
 as used by the KD literature's ImageNet student (stride-2 3×3 stem, 13 depthwise-separable blocks, 1024 channels at
-7×7, global pooling, ``fc``); its module names are this project's own.
+7×7, global pooling, ``fc``); its module names are this project's own, and
+:meth:`MobileNetV1.convert_state_dict` reads mdistiller's key names for the same layers.
 
 ``in_channels`` other than 3 replaces the first convolution by a freshly initialised one of the same name and shape
 apart from its input channels; torchvision's released weights then no longer fit (their stem expects RGB).
@@ -135,6 +136,31 @@ class MobileNetV1(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+    @staticmethod
+    def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rename mdistiller's ``MobileNetV1`` keys to ours (the architecture is the same layer for layer).
+
+        mdistiller keeps every layer in one ``model`` ``nn.Sequential``: ``model.0`` is the stem (``0`` conv, ``1``
+        BN) and ``model.1`` … ``model.13`` are the depthwise-separable blocks in order (``0`` depthwise conv, ``1`` its
+        BN, ``3`` pointwise conv, ``4`` its BN); ``fc`` is named as here. A state dict without ``model.0.0.weight``
+        is returned unchanged. Called by :func:`~wkd_lightning.teacher.load_weights` before its strict key check.
+        """
+        if "model.0.0.weight" not in state:
+            return state
+        names = {"model.0.0": "features.stem.0", "model.0.1": "features.stem.1"}
+        index = 1
+        for stage_number, stage in enumerate(MOBILENET_V1_STAGES, start=1):
+            for block in range(len(stage)):
+                ours = f"features.stage{stage_number}.{block}"
+                for theirs, layer in (("0", "dw_conv"), ("1", "dw_bn"), ("3", "pw_conv"), ("4", "pw_bn")):
+                    names[f"model.{index}.{theirs}"] = f"{ours}.{layer}"
+                index += 1
+        converted = {}
+        for key, value in state.items():
+            module, _, param = key.rpartition(".")
+            converted[f"{names[module]}.{param}" if module in names else key] = value
+        return converted
 
 
 @register_model(

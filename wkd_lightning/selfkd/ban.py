@@ -13,8 +13,11 @@ Usage::
   losses that need a teacher (KD, WKD-L, ...) are dropped.
 * **Generation k ≥ 1** trains a fresh student of the same architecture (seed ``seed_everything + k``, so each
   generation starts from a new random initialisation) with the config's distillation losses, distilled from generation
-  k−1's ``checkpoints/best.ckpt`` as a frozen teacher: ``model.teacher`` is set to generation k−1's student
-  architecture and ``model.teacher_weights`` to that checkpoint.
+  k−1's **last** checkpoint (``checkpoints/last.ckpt``, the weights at the end of its training, as Born-Again Networks
+  do) as a frozen teacher: ``model.teacher`` is set to generation k−1's student architecture and
+  ``model.teacher_weights`` to that checkpoint. ``--teacher_checkpoint best`` takes ``checkpoints/best.ckpt`` (best
+  validation top-1) instead, with a warning: the data modules validate on the test split, so picking teachers by it is
+  test-set selection.
 * **WKD-L cost**: with ``--ir_method M`` each generation k ≥ 1 first builds its cost from generation k−1's
   checkpoint with the IR tool (``wkd-ir``: method ``M`` of :data:`~wkd_lightning.ir.cli.CLI_METHODS`, features at
   ``--ir_layer``, over generation k−1's training data) and points every ``WKDLogit`` at it; a resumed generation
@@ -31,7 +34,8 @@ unfinished one resumes with ``--ckpt_path last`` when it has a ``checkpoints/las
 ``last.ckpt`` and ``last-interrupted.ckpt``).
 
 **Config file**: either a ``wkd fit`` config, or a driver config with two sections: ``ban:`` (defaults of this
-command's options: ``generations``, ``run_dir``, ``ir_method``, ``ir_layer``; the command line wins) and ``fit:``
+command's options: ``generations``, ``run_dir``, ``ir_method``, ``ir_layer``, ``teacher_checkpoint``; the command line
+wins) and ``fit:``
 (the ``wkd fit`` config of every generation). ``run_dir`` defaults to the fit config's ``trainer.default_root_dir``.
 """
 
@@ -60,7 +64,15 @@ from wkd_lightning.summary import can_resume, is_complete, read_summary
 #: Under DDP every rank runs this driver (Lightning's launcher starts each with the same command); rank 0 speaks.
 say = rank_zero_only(print)
 #: Options of this command that a driver config's ``ban:`` section may set.
-BAN_OPTIONS = ("generations", "run_dir", "ir_method", "ir_layer")
+BAN_OPTIONS = ("generations", "run_dir", "ir_method", "ir_layer", "teacher_checkpoint")
+#: Which checkpoint of generation k-1 teaches generation k: ``last`` (Born-Again Networks) or ``best`` (opt-in).
+TEACHER_CHECKPOINTS = ("last", "best")
+#: The warning of ``--teacher_checkpoint best``.
+BEST_TEACHER_WARNING = (
+    "wkd-ban --teacher_checkpoint best: each generation's teacher is the checkpoint with the best validation top-1, "
+    "and validation runs on the test split (the data modules' default val_size 0), so this is test-set selection and "
+    "its results are optimistic. Born-Again Networks use the last checkpoint (the default, --teacher_checkpoint last)."
+)
 #: ``wkd fit`` arguments that the driver sets itself in every generation.
 DRIVER_ARGUMENTS = (
     "--trainer.default_root_dir",
@@ -98,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join(ir_cli.CLI_METHODS)}.",
     )
     parser.add_argument("--ir_layer", help="teacher layer for feature-based IR methods (default 'logits').")
+    parser.add_argument(
+        "--teacher_checkpoint",
+        help="which checkpoint of generation k-1 teaches generation k: 'last' (default, as Born-Again Networks) or "
+        "'best' (by validation top-1: validation is the test split, so this is test-set selection; it warns).",
+    )
     return parser
 
 
@@ -114,6 +131,11 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
         for name in BAN_OPTIONS
     }
     generations, ir_method = settings["generations"], settings["ir_method"]
+    which = settings["teacher_checkpoint"] or "last"
+    if which not in TEACHER_CHECKPOINTS:
+        parser.error(f"--teacher_checkpoint must be one of {', '.join(TEACHER_CHECKPOINTS)}, got {which!r}.")
+    if which == "best" and generations > 1:
+        warnings.warn(BEST_TEACHER_WARNING, UserWarning, stacklevel=2)
     if not isinstance(generations, int) or isinstance(generations, bool) or generations < 1:
         parser.error(f"--generations must be an integer >= 1 (generation 0 is the student alone), got {generations!r}.")
     if ir_method is not None and ir_method not in ir_cli.CLI_METHODS:
@@ -136,7 +158,7 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
         if is_complete(gen_dir):
             say(f"wkd-ban: generation {index} is complete, skipped ({gen_dir}).")
         else:
-            config = generation_config(fit_config, index, run_dir, settings["ir_layer"], ir_method)
+            config = generation_config(fit_config, index, run_dir, settings["ir_layer"], ir_method, which)
             module = train_generation(config, gen_dir, fit_args)
         results.append(Generation(index, gen_dir, read_summary(gen_dir), module))
     if rank_zero_only.rank == 0:
@@ -160,7 +182,7 @@ def train_generation(config: dict, gen_dir: Path, fit_args: Sequence[str]) -> Di
     if rank_zero_only.rank == 0 and not is_complete(gen_dir):
         raise RuntimeError(
             f"{gen_dir.name} ended without a complete {gen_dir / 'summary.json'} (a fast_dev_run, or a run without "
-            "validation?); wkd-ban needs full runs with validation to pick each generation's best checkpoint."
+            "validation?); wkd-ban needs full runs, each ending with its checkpoints and summary."
         )
     return cli.model
 
@@ -202,8 +224,16 @@ def check_fit_config(config: dict, path: Path, ir_method: str | None) -> None:
         raise ValueError(f"--ir_method {ir_method} builds WKD-L costs, but {path} has no WKDLogit loss.")
 
 
-def generation_config(fit_config: dict, index: int, run_dir: Path, ir_layer: str | None, ir_method: str | None) -> dict:
-    """The ``wkd fit`` config of generation ``index`` (building its WKD-L cost first when ``ir_method`` is set)."""
+def generation_config(
+    fit_config: dict,
+    index: int,
+    run_dir: Path,
+    ir_layer: str | None,
+    ir_method: str | None,
+    teacher_checkpoint: str = "last",
+) -> dict:
+    """The ``wkd fit`` config of generation ``index`` (building its WKD-L cost first when ``ir_method`` is set); its
+    teacher is generation ``index - 1``'s ``checkpoints/<teacher_checkpoint>.ckpt``."""
     config = copy.deepcopy(fit_config)
     gen_dir = run_dir / f"gen{index}"
     seed = config.get("seed_everything", 0)
@@ -217,10 +247,11 @@ def generation_config(fit_config: dict, index: int, run_dir: Path, ir_layer: str
         model["losses"] = [loss for loss in model.get("losses") or [] if not _loss_class(loss).requires_teacher]
         return config
     previous = run_dir / f"gen{index - 1}"
-    weights = previous / "checkpoints" / "best.ckpt"
+    weights = previous / "checkpoints" / f"{teacher_checkpoint}.ckpt"
     if not weights.is_file():
         raise FileNotFoundError(
-            f"generation {index - 1} is complete but has no {weights}: was it trained without a checkpoint callback?"
+            f"generation {index - 1} is complete but has no {weights}: was it trained without the checkpoint callbacks "
+            "of `wkd fit` (checkpoint / last_checkpoint)?"
         )
     resolved = yaml.safe_load((previous / "config.yaml").read_text())  # what generation k-1 really ran with
     model["teacher"] = resolved["model"]["student"]

@@ -20,7 +20,7 @@ from wkd_lightning.models.cifar.resnet import (
     resnet56,
     resnet110,
 )
-from wkd_lightning.models.cifar.resnetv2 import CifarBottleneckResNet, ResNet50
+from wkd_lightning.models.cifar.resnetv2 import CifarBottleneckResNet, CifarResNetV2, ResNet18, ResNet50
 from wkd_lightning.models.cifar.shufflenetv1 import ShuffleNetV1, ShuffleV1
 from wkd_lightning.models.cifar.shufflenetv2 import ShuffleNetV2, ShuffleV2
 from wkd_lightning.models.cifar.vgg import VGG, vgg8, vgg11, vgg13, vgg16, vgg19
@@ -30,8 +30,10 @@ __all__ = [
     "VGG",
     "CifarBottleneckResNet",
     "CifarResNet",
+    "CifarResNetV2",
     "MobileNetV2",
     "MobileNetV2Cifar",
+    "ResNet18",
     "ResNet50",
     "ShuffleNetV1",
     "ShuffleNetV2",
