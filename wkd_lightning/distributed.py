@@ -34,16 +34,22 @@ def set_process_group_timeout(strategy: Strategy, seconds: float) -> None:
 
 
 def explain_collective_failure(error: BaseException) -> str | None:
-    """A user-facing explanation when ``error`` is a collective that lost a peer or timed out; ``None`` otherwise."""
+    """A user-facing explanation when ``error`` is a collective that lost a peer or timed out, or a start-up
+    rendezvous that the other processes never joined; ``None`` for any other error."""
     import torch.distributed as dist
 
     text = str(error)
-    if not (dist.is_available() and dist.is_initialized()) and "gloo" not in text and "NCCL" not in text:
-        return None
-    if not any(marker in text.lower() for marker in PEER_FAILURE_MARKERS):
-        return None
+    first_line = (text.strip().splitlines() or [""])[0][:300]
     rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", os.environ.get("LOCAL_RANK", "?"))
-    first_line = text.strip().splitlines()[0][:300]
+    if "waiting for clients" in text:
+        return (
+            f"rank {rank}: the other processes of the job did not join it within the process-group timeout "
+            f"({first_line}). Start every node's command (torchrun, srun) within --ddp_timeout seconds of each "
+            "other, check that they use the same --master-addr/--master-port, or give a longer --ddp_timeout SECONDS."
+        )
+    distributed = isinstance(error, dist.DistError) or dist.is_initialized() or "gloo" in text or "NCCL" in text
+    if not distributed or not any(marker in text.lower() for marker in PEER_FAILURE_MARKERS):
+        return None
     return (
         f"rank {rank} stopped: a collective operation (all-reduce, broadcast or barrier) failed because another rank "
         f"died, hung or is unreachable ({first_line}). Look at the other ranks' output for the first error. A rank "

@@ -331,3 +331,14 @@ def test_two_processes_train_the_same_student_as_one_with_the_same_global_batch(
         if not torch.allclose(v.float(), states["ddp"][k].float(), rtol=1e-4, atol=1e-5)
     ]
     assert differs, "full-batch BatchNorm should not match per-rank statistics"
+
+
+def test_collective_failures_are_explained_and_other_errors_left_alone():
+    from wkd_lightning.distributed import explain_collective_failure
+
+    timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation")
+    assert "another rank died, hung or is unreachable" in explain_collective_failure(timeout)
+    store = dist.DistStoreError("Timed out after 11 seconds waiting for clients. 1/2 clients joined.")
+    assert "did not join it within the process-group timeout" in explain_collective_failure(store)
+    assert explain_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert explain_collective_failure(RuntimeError("the operation timed out")) is None  # not a distributed error
