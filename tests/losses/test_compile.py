@@ -134,7 +134,9 @@ def test_loss_plugin_compiles_to_one_graph_equal_to_eager(name: str) -> None:
         loss = call(_ctx(x))
         return loss.detach(), _grads(loss, x, list(plugin.parameters()))
 
-    _compare(lambda: run(eager_plugin, lambda ctx: _sum(eager_plugin(ctx))), lambda: run(compiled_plugin, compiled_call))
+    _compare(
+        lambda: run(eager_plugin, lambda ctx: _sum(eager_plugin(ctx))), lambda: run(compiled_plugin, compiled_call)
+    )
 
 
 def test_a_host_read_on_the_path_fails_the_harness() -> None:
@@ -146,7 +148,7 @@ def test_a_host_read_on_the_path_fails_the_harness() -> None:
             raise FloatingPointError
         return loss
 
-    with pytest.raises(Exception, match="(?i)data-dependent|graph break|Tensor.item|bool"):
+    with pytest.raises(Exception, match=r"(?i)data-dependent|graph break|Tensor.item|bool"):
         torch.compile(with_check, fullgraph=True, backend="aot_eager")(_inputs())
 
 
