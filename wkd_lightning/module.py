@@ -20,6 +20,7 @@ import dataclasses
 import warnings
 from collections.abc import Iterable, Sequence, Sized
 from itertools import chain
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -97,7 +98,7 @@ class DistillationModule(L.LightningModule):
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
     monitor = "val/top1"
     #: Keyword arguments of ``torch.compile`` when ``compile=True`` (e.g. ``{"mode": "max-autotune"}``).
-    compile_options: dict = {}
+    compile_options: ClassVar[dict] = {}
 
     def __init__(
         self,
