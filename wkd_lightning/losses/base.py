@@ -9,6 +9,7 @@ returns its *weighted* terms by name; the module adds them to the cross-entropy 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -135,16 +136,13 @@ def plugin_terms(
     Args:
         losses: the plug-ins.
         ctx: the step's context.
-        checked: run the plug-ins' value checks (eagerly: a plug-in compiled with ``nn.Module.compile`` runs its
-            uncompiled ``forward``); ``False`` skips them (:func:`~wkd_lightning.checks.deferred_checks`) and calls the
-            plug-ins as they are, compiled or not.
+        checked: run the plug-ins' value checks, eagerly (a plug-in compiled with ``nn.Module.compile`` runs its
+            eager code, hooks included); ``False`` skips them (:func:`~wkd_lightning.checks.deferred_checks`) and runs
+            the plug-ins as they are, compiled or not.
     """
-    with deferred_checks(not checked):
-        return {
-            f"{loss.name}/{key}": value
-            for loss in losses
-            for key, value in (loss.forward(ctx) if checked else loss(ctx)).items()
-        }
+    eager = torch.compiler.set_stance("force_eager") if checked else nullcontext()
+    with deferred_checks(not checked), eager:
+        return {f"{loss.name}/{key}": value for loss in losses for key, value in loss(ctx).items()}
 
 
 def total_loss(
