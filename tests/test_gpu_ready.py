@@ -161,6 +161,18 @@ def test_compiled_step_equals_the_eager_step(quick_compile) -> None:
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
+def test_compiled_students_of_one_class_keep_their_own_feature_hooks(quick_compile) -> None:
+    """A graph traced for a student without hooks must not be reused for one whose features a loss reads."""
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    plain = _manual(DistillationModule(student=mini_resnet8(), teacher=mini_resnet14(), losses=[KD()], compile=True))
+    plain._prepare_models(channels_last=False)
+    plain.training_step((x, y), 0)
+    with_features = _manual(_module(compile=True))
+    with_features._prepare_models(channels_last=False)
+    with_features.training_step((x, y), 0)
+    assert float(with_features.training_step((x, y), 1)) > 0
+
+
 @pytest.mark.slow
 def test_compiled_fit_with_the_default_compiler(tmp_path) -> None:
     """The real ``--model.compile true``: inductor kernels for student, teacher and plug-ins, close to eager."""

@@ -235,6 +235,9 @@ class DistillationModule(L.LightningModule):
             for network in filter(None, networks):
                 network.to(memory_format=torch.channels_last)
         if self.compile_models:
+            # Dynamo skips guards on module hooks by default, so a graph traced for another instance of the same class
+            # without feature hooks would be reused and the features never captured: guard on them.
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
             self.student.compile(**self.compile_options)
             if self.teacher is not None and self.uses_teacher:
                 self.teacher.model.compile(**self.compile_options)
