@@ -22,7 +22,7 @@ img/s = steps · batch / seconds. Reported with each Lightning run: its ratio to
 
 Run::
 
-    python benchmarks/bench_gpu.py                     # everything (about 15-25 min on one GPU, compiling included)
+    python benchmarks/bench_gpu.py                     # everything: 32 runs, 16 of them compiling (not timed yet)
     python benchmarks/bench_gpu.py --quick             # fewer steps, the two settings, KD and WKD-LF only
     python benchmarks/bench_gpu.py --settings cifar --losses kd wkd_l --modes eager
 """
