@@ -48,9 +48,10 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
     return L.Trainer(**(options | kwargs))
 
 
-def _module(student_path: str = "layer3", **kwargs) -> DistillationModule:
+def _module(student_path: str = "layer3", logit_loss: str = "KD", **kwargs) -> DistillationModule:
     torch.manual_seed(0)
-    losses = [KD(temperature=4.0, weight=0.9), WKDFeature(student_path, "layer3", mean_weight=4.0, weight=0.1)]
+    logits = KD(temperature=4.0, weight=0.9) if logit_loss == "KD" else WKDLogit(weight=30.0, temperature=2.0)
+    losses = [logits, WKDFeature(student_path, "layer3", mean_weight=4.0, weight=0.1)]
     return DistillationModule(student=mini_resnet8(), teacher=mini_resnet14(), losses=losses, **kwargs)
 
 
@@ -148,19 +149,6 @@ def test_compiled_fit_resumes_exactly_with_plain_checkpoint_keys(tmp_path, quick
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
 
-def test_compiled_step_equals_the_eager_step(quick_compile) -> None:
-    eager, compiled = _manual(_module()), _manual(_module(compile=True))
-    compiled._prepare_models(channels_last=False)
-    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
-    for step in range(3):  # step 0 runs the plug-ins eagerly (checked), 1 and 2 compiled
-        loss_e, loss_c = eager.training_step((x, y), step), compiled.training_step((x, y), step)
-        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
-        grads = [
-            torch.autograd.grad(loss, m.student.conv1.weight)[0] for loss, m in ((loss_e, eager), (loss_c, compiled))
-        ]
-        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
-
-
 def test_compiled_students_of_one_class_keep_their_own_feature_hooks(quick_compile) -> None:
     """A graph traced for a student without hooks must not be reused for one whose features a loss reads."""
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
@@ -173,18 +161,42 @@ def test_compiled_students_of_one_class_keep_their_own_feature_hooks(quick_compi
     assert float(with_features.training_step((x, y), 1)) > 0
 
 
+def _steps_agree(logit_loss: str, tolerance: float) -> None:
+    """Three optimizer steps of an eager and a compiled module on the same batch: the same loss at every step and
+    the same gradients, up to ``tolerance`` (relative, in the 2-norm of all the gradients together)."""
+    modules = [_manual(_module(logit_loss=logit_loss, compile=c)) for c in (False, True)]
+    modules[1].load_state_dict(modules[0].state_dict())  # the same projector
+    modules[1]._prepare_models(channels_last=False)
+    optimizers = [m.configure_optimizers() for m in modules]
+    x, y = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+    for step in range(3):  # step 0 runs the plug-ins eagerly (checked), 1 and 2 compiled
+        losses, grads = [], []
+        for module, optimizer in zip(modules, optimizers):
+            optimizer.zero_grad()
+            loss = module.training_step((x, y), step)
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+            optimizer.step()
+        torch.testing.assert_close(losses[1], losses[0], rtol=tolerance, atol=0)
+        assert grads[0].keys() == grads[1].keys()
+        eager, compiled = (torch.cat([g[name].flatten() for name in grads[0]]) for g in grads)
+        error = float((compiled - eager).norm() / eager.norm())
+        assert error < tolerance, (step, error)
+
+
+def test_compiled_steps_equal_the_eager_steps(quick_compile) -> None:
+    _steps_agree("KD", 1e-6)
+
+
 @pytest.mark.slow
-def test_compiled_fit_with_the_default_compiler(tmp_path) -> None:
-    """The real ``--model.compile true``: inductor kernels for student, teacher and plug-ins, close to eager."""
-    compiled, eager = _module(compile=True), _module()
-    for module, folder in ((compiled, "compiled"), (eager, "eager")):
-        torch.manual_seed(1)  # the projector is made at set-up, from the global generator
-        trainer(tmp_path / folder, max_epochs=1, limit_train_batches=3).fit(module, datamodule=FixedData())
-    assert compiled.student._compiled_call_impl is not None
-    a, b = eager.state_dict(), compiled.state_dict()
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key].float(), a[key].float(), rtol=1e-3, atol=2e-4, msg=key)
+def test_compiled_steps_with_the_default_compiler() -> None:
+    """The real ``--model.compile true``: inductor kernels for the student, the teacher, WKD-L (its hand-written
+    Sinkhorn backward included) and WKD-F. Fused kernels sum in other orders: the losses agree to ~1e-6, but after two
+    optimizer steps the gradients differ by ~0.5 % (measured, relative 2-norm; the first convolution's dominates),
+    round-off amplified through BatchNorm on a batch of 8. WKD-L alone is compared tightly under inductor in
+    ``tests/losses/test_compile.py``."""
+    _steps_agree("WKDLogit", 1e-2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
