@@ -20,6 +20,7 @@ import dataclasses
 import warnings
 from collections.abc import Iterable, Sequence, Sized
 from itertools import chain
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -31,6 +32,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.checks import NonFiniteWatch
 from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.hooks import FeatureHooks
 from wkd_lightning.losses.base import (
@@ -91,6 +93,10 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         allow_changed_inputs: load a checkpoint (resume, ``validate``/``test --ckpt_path``) even when its run read
             other teacher weights or WKD-L cost files than this module (their SHA-256 is stored in every checkpoint,
             see :mod:`wkd_lightning.fingerprints`), with a warning; by default that is an error.
+        compile: compile the student, the pretrained teacher and the loss plug-ins with ``torch.compile`` (in place,
+            ``nn.Module.compile``: checkpoint keys and feature hooks are unchanged). The teacher's graph is traced
+            under its ``no_grad`` and the step's autocast. The first training step of each epoch runs the plug-ins
+            eagerly, with every input check (see :mod:`wkd_lightning.checks`).
 
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
     online teachers that store per-sample predictions.
@@ -98,6 +104,8 @@ class DistillationModule(InputFingerprints, L.LightningModule):
 
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
     monitor = "val/top1"
+    #: Keyword arguments of ``torch.compile`` when ``compile=True`` (e.g. ``{"mode": "max-autotune"}``).
+    compile_options: ClassVar[dict] = {}
 
     def __init__(
         self,
@@ -113,6 +121,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         label_smoothing: float = 0.0,
         ce_weight: float = 1.0,
         allow_changed_inputs: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -147,7 +156,12 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
         # Best validation top-1 so far: a buffer, so it is saved in checkpoints and survives a resume.
         self.register_buffer("val_top1_best", torch.tensor(0.0))
-        self._probed = False
+        self._probed = self._prepared = False
+        self.compile_models = compile
+        # Inputs are checked on the first training step of each epoch (and of each run); the steps in between only
+        # watch the summed loss on the device (no host synchronisation).
+        self.loss_watch = NonFiniteWatch()
+        self._steps_checked = False
         if num_classes is not None:
             self._make_metrics(num_classes)
 
@@ -169,6 +183,8 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             self._make_metrics(self.num_classes)
         if not self._probed:
             self._probe()
+        if self._probed and not self._prepared:
+            self._prepare_models(getattr(datamodule, "channels_last", False))
 
     def _make_metrics(self, num_classes: int) -> None:
         top_k = {"top1": 1, "top5": 5} if num_classes > 5 else {"top1": 1}
@@ -176,6 +192,8 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             {name: MulticlassAccuracy(num_classes, top_k=k, average="micro") for name, k in top_k.items()}
         )
         self.train_metrics = metrics.clone(prefix="train/")
+        for metric in self.train_metrics.values():
+            metric.validate_args = False  # its checks read the labels (host syncs); the training step checks them
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_logit_scale = MeanMetric()
@@ -225,6 +243,23 @@ class DistillationModule(InputFingerprints, L.LightningModule):
                 loss.build(student_features, teacher_features)
         self._probed = True
 
+    def _prepare_models(self, channels_last: bool) -> None:
+        """Channels-last weights when the data comes channels-last, then ``torch.compile`` (``compile=True``)."""
+        networks = [self.student, self.losses, self.teacher, self.online_teacher]
+        if channels_last:
+            for network in filter(None, networks):
+                network.to(memory_format=torch.channels_last)
+        if self.compile_models:
+            # Dynamo skips guards on module hooks by default, so a graph traced for another instance of the same class
+            # without feature hooks would be reused and the features never captured: guard on them.
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+            self.student.compile(**self.compile_options)
+            if self.teacher is not None and self.uses_teacher:
+                self.teacher.model.compile(**self.compile_options)
+            for loss in self.losses:
+                loss.compile(**self.compile_options)
+        self._prepared = True
+
     def configure_optimizers(self):
         params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
         optimizer = self.optimizer_factory(params)
@@ -248,6 +283,10 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         # Every epoch, resumed ones included: a cost set at run time is not in the checkpoint.
         if self.online_teacher is not None:
             self.online_teacher.refresh_costs(self.losses, self.student)
+        self._steps_checked = False
+
+    def on_train_epoch_end(self) -> None:
+        self.loss_watch.flush()  # one host synchronisation per epoch
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Step the optimizer, then let an online teacher follow the student (the EMA update happens here)."""
@@ -297,13 +336,14 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         x, target, index = unpack_batch(batch)
         ctx, has_teacher = self._context(x, target, index)
         logits = ctx.student_logits
-        if target.ndim == 1:
+        checked, self._steps_checked = not self._steps_checked, True
+        if target.ndim == 1 and checked:
             check_labels(target, logits.shape[1])
         terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
         distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
         if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
-            terms.update(plugin_terms(self.losses, distill_ctx))
-        total = total_loss(terms, ctx.epoch, batch_idx)
+            terms.update(plugin_terms(self.losses, distill_ctx, checked=checked))
+        total = total_loss(terms, ctx.epoch, batch_idx, watch=None if checked else self.loss_watch)
         if self.online_teacher is not None:
             self.online_teacher.observe(index, logits.detach())
         batch_size = x.shape[0]

@@ -49,3 +49,22 @@ def test_val_classes_must_match_train(imagenet_dir):
     (imagenet_dir / "val" / WNIDS[2]).rename(imagenet_dir / "val" / "n09999999")
     with pytest.raises(ValueError, match=r"only in train \[n01484850\], only in val \[n09999999\]"):
         ImageNetDataModule(data_dir=str(imagenet_dir), num_workers=0, num_classes=3).setup("fit")
+
+
+def test_torchvision_decoder_gives_the_same_crops_up_to_the_resize_filter(imagenet_dir):
+    """decode_jpeg and PIL both use libjpeg(-turbo); the seeded RandomResizedCrop draws the same box from the same
+    image size; only the resampling filters differ (torchvision's antialiased bilinear vs PIL's), by a little."""
+    pil, fast = (
+        ImageNetDataModule(data_dir=str(imagenet_dir), batch_size=4, num_workers=0, num_classes=3, decoder=d)
+        for d in ("pil", "torchvision")
+    )
+    for dm in (pil, fast):
+        dm.setup("fit")
+    for index, seed in ((0, 1), (5, 42), (11, 7)):
+        a, b = pil.train_set[(index, seed)][0], fast.train_set[(index, seed)][0]
+        assert a.shape == b.shape == (3, 224, 224) and b.dtype == torch.float32
+        assert float((a - b).abs().mean()) < 0.1 < float((a - pil.train_set[(index, seed + 1)][0]).abs().mean())
+    x, _ = next(iter(fast.val_dataloader()))
+    assert x.shape == (4, 3, 224, 224)
+    with pytest.raises(ValueError, match=r"decoder must be one of \('pil', 'torchvision'\), got 'dali'"):
+        ImageNetDataModule(data_dir=str(imagenet_dir), decoder="dali")

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from wkd_lightning.data.base import ClassificationDataModule
+from wkd_lightning.data.device_augment import DrawCropFlip, crop_flip_normalize
 from wkd_lightning.data.sampling import SeededDataset, split_indices
 
 FOLDER = "cifar-100-python"
@@ -176,6 +177,10 @@ class CIFAR100DataModule(ClassificationDataModule):
         val_size: training images held out for validation (0: validate on the test set).
         train_size: use only this many training images (after the hold-out), a fixed random subset; None: all.
         augment: random crop and horizontal flip for training.
+        augment_on_device: apply that augmentation (and the normalisation) to each training batch on its device, in
+            ``on_after_batch_transfer``; the workers only draw the crop and flip of each image (the same draws as the
+            CPU transforms, so the same images result) and pass uint8 images on (see
+            :mod:`wkd_lightning.data.device_augment`).
         pin_memory: pin host memory for faster copies to a GPU (ignored without one).
         seed: data seed: hold-out and subset draws, per-epoch order, per-sample augmentation seeds.
         return_index: training batches are ``(x, y, index)`` with each sample's index in the training set (needed by
@@ -193,13 +198,15 @@ class CIFAR100DataModule(ClassificationDataModule):
         val_size: int = 0,
         train_size: int | None = None,
         augment: bool = True,
+        augment_on_device: bool = False,
         pin_memory: bool = True,
         seed: int = 0,
         return_index: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, return_index, val_size, train_size)
         self.save_hyperparameters()
-        self.data_dir, self.augment = data_dir, augment
+        self.data_dir, self.augment, self.augment_on_device = data_dir, augment, augment_on_device
+        self._normalisation: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._fine_to_coarse: Tensor | None = None
 
     @cached_property
@@ -230,8 +237,22 @@ class CIFAR100DataModule(ClassificationDataModule):
         return self.fine_to_coarse
 
     def transform(self, train: bool) -> v2.Transform:
+        if train and self.augment and self.augment_on_device:
+            return DrawCropFlip(32, padding=4)
         steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train and self.augment else []
         return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``augment_on_device``: crop, flip and normalise the training batch where it now is."""
+        if isinstance(batch, (list, tuple)) and isinstance(batch[0], (list, tuple)):  # ((uint8 images, draws), y, ...)
+            images, draws = batch[0]
+            if images.device not in self._normalisation:
+                self._normalisation[images.device] = tuple(
+                    torch.tensor(v, dtype=torch.float32, device=images.device).view(-1, 1, 1) for v in (MEAN, STD)
+                )
+            mean, std = self._normalisation[images.device]
+            batch = [crop_flip_normalize(images, draws, mean, std, padding=4), *batch[1:]]
+        return batch
 
     def setup(self, stage: str | None = None) -> None:
         self._meta  # noqa: B018 -- read the class names now so a missing/corrupt meta fails at setup

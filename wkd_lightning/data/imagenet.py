@@ -16,8 +16,10 @@ import os
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from wkd_lightning.data.base import ClassificationDataModule
@@ -30,6 +32,14 @@ LAYOUT = (
     "(the usual `valprep.sh` step)"
 )
 LAYOUT_SENTENCE = LAYOUT[0].upper() + LAYOUT[1:] + "."
+#: How image files are decoded: PIL (the default, as torchvision's ImageFolder does) or torchvision.io.
+DECODERS = ("pil", "torchvision")
+
+
+def decode_rgb(path: str) -> Tensor:
+    """A 3×H×W uint8 RGB tensor from an image file, decoded by ``torchvision.io`` (libjpeg-turbo for JPEGs; grey and
+    CMYK JPEGs are converted to RGB)."""
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
 
 
 def collate_channels_last(batch: list) -> list:
@@ -62,6 +72,9 @@ class ImageNetDataModule(ClassificationDataModule):
             function, see :func:`collate_channels_last`).
         pin_memory: pin host memory for faster copies to a GPU (ignored without one).
         seed: data seed: per-epoch order and per-sample augmentation seeds.
+        decoder: ``"pil"`` (PIL images through the v2 transforms) or ``"torchvision"`` (:func:`decode_rgb`, then the
+            same transforms on uint8 tensors; faster per worker, see ``benchmarks/results/input_pipeline.md``, with
+            torchvision's antialiased resize instead of PIL's, so pixels differ slightly).
         return_index: training batches are ``(x, y, index)`` with each sample's index in the training set (needed by
             :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`); evaluation batches stay ``(x, y)``.
     """
@@ -78,10 +91,14 @@ class ImageNetDataModule(ClassificationDataModule):
         pin_memory: bool = True,
         seed: int = 0,
         return_index: bool = False,
+        decoder: str = "pil",
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, return_index)
         if num_classes < 1:
             raise ValueError(f"ImageNetDataModule: need num_classes >= 1, got {num_classes}.")
+        if decoder not in DECODERS:
+            raise ValueError(f"ImageNetDataModule: decoder must be one of {DECODERS}, got {decoder!r}.")
+        self.decoder = decoder
         # num_classes stays out of the logged hyper-parameters: Lightning refuses a run whose module and data module
         # log the same key with different values (the module's is None until setup fills it in).
         self.save_hyperparameters(ignore=["num_classes"])
@@ -94,14 +111,16 @@ class ImageNetDataModule(ClassificationDataModule):
             steps = [v2.RandomResizedCrop(224), v2.RandomHorizontalFlip()]
         else:
             steps = [v2.Resize(256), v2.CenterCrop(224)]
-        return v2.Compose([*steps, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+        to_tensor = [v2.PILToTensor()] if self.decoder == "pil" else []
+        return v2.Compose([*steps, *to_tensor, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
     def _folder(self, split: str, train: bool) -> ImageFolder:
         path = Path(self.data_dir) / split
         if not path.is_dir():
             raise FileNotFoundError(f"ImageNet {split} folder {os.fspath(path)!r} not found: {LAYOUT}.")
         try:
-            return ImageFolder(os.fspath(path), transform=self.transform(train))
+            loader = {"torchvision": {"loader": decode_rgb}}.get(self.decoder, {})
+            return ImageFolder(os.fspath(path), transform=self.transform(train), **loader)
         except FileNotFoundError as error:  # no class folders, or a class folder without images
             message = f"ImageNet {split} folder {os.fspath(path)!r}: {str(error).rstrip('.')}. {LAYOUT_SENTENCE}"
             raise FileNotFoundError(message) from error

@@ -35,6 +35,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.checks import NonFiniteWatch
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
 from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.losses.base import (
@@ -49,6 +50,8 @@ from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, withou
 
 #: The COCO metrics logged, by torchmetrics' key.
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+#: What to try when the training loss becomes NaN or infinite.
+NONFINITE_ADVICE = "Lower the learning rate or the loss weights, or lengthen warmup_steps."
 
 
 class DetectionSGD(torch.optim.SGD):
@@ -130,6 +133,9 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
         self.test_map = self.val_map.clone()
         self.register_buffer("val_map_best", torch.tensor(0.0))
+        # As in classification: the first step of each epoch checks everything, the others watch the loss on device.
+        self.loss_watch = NonFiniteWatch(advice=NONFINITE_ADVICE)
+        self._steps_checked = False
         self._build_losses()
 
     @property
@@ -188,6 +194,12 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
             check_checkpoint_fits(self.state_dict(), state_dict)
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
+    def on_train_epoch_start(self) -> None:
+        self._steps_checked = False
+
+    def on_train_epoch_end(self) -> None:
+        self.loss_watch.flush()
+
     # ------------------------------------------------------------------ steps
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Detections of the student (call in eval mode): per image ``{"boxes", "labels", "scores"}``."""
@@ -198,6 +210,7 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         student = student_rois(self.student, images, targets)
         terms = dict(student.losses)
         terms["roi_classifier"] = self.ce_weight * terms["roi_classifier"]
+        checked, self._steps_checked = not self._steps_checked, True
         if self.losses:
             teacher = teacher_rois(self.teacher.model, student.images, student.proposals) if self.uses_teacher else None
             ctx = DistillationContext(
@@ -209,9 +222,9 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
                 epoch=self.current_epoch + 1,
                 max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
             )
-            terms.update(plugin_terms(self.losses, ctx))
-        advice = "Lower the learning rate or the loss weights, or lengthen warmup_steps."
-        total = total_loss(terms, self.current_epoch + 1, batch_idx, advice)
+            terms.update(plugin_terms(self.losses, ctx, checked=checked))
+        watch = None if checked else self.loss_watch
+        total = total_loss(terms, self.current_epoch + 1, batch_idx, NONFINITE_ADVICE, watch)
         batch_size = len(images)
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)

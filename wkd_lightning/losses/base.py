@@ -8,14 +8,24 @@ returns its *weighted* terms by name; the module adds them to the cross-entropy 
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from wkd_lightning.checks import (  # noqa: F401 -- re-exported: the losses' checks used to live here
+    NonFiniteWatch,
+    check_finite,
+    check_integer,
+    check_labels,
+    check_logits,
+    check_number,
+    check_total,
+    class_indices,
+    deferred_checks,
+)
 from wkd_lightning.losses.schedule import Constant, WeightSchedule
 
 
@@ -117,167 +127,51 @@ def loss_plugins(losses: Sequence[DistillationLoss] | None) -> nn.ModuleList:
     return plugins
 
 
-def plugin_terms(losses: Iterable[DistillationLoss], ctx: DistillationContext) -> dict[str, Tensor]:
+def plugin_terms(
+    losses: Iterable[DistillationLoss], ctx: DistillationContext, *, checked: bool = True
+) -> dict[str, Tensor]:
     """Every plug-in's weighted terms on ``ctx``, keyed ``<plug-in name>/<term>`` (the names logged under
-    ``train/loss/``)."""
-    return {f"{loss.name}/{key}": value for loss in losses for key, value in loss(ctx).items()}
+    ``train/loss/``).
+
+    Args:
+        losses: the plug-ins.
+        ctx: the step's context.
+        checked: run the plug-ins' value checks, eagerly (a plug-in compiled with ``nn.Module.compile`` runs its
+            eager code, hooks included); ``False`` skips them (:func:`~wkd_lightning.checks.deferred_checks`) and runs
+            the plug-ins as they are, compiled or not.
+    """
+    eager = torch.compiler.set_stance("force_eager") if checked else nullcontext()
+    with deferred_checks(not checked), eager:
+        return {f"{loss.name}/{key}": value for loss in losses for key, value in loss(ctx).items()}
 
 
 def total_loss(
-    terms: Mapping[str, Tensor], epoch: int, step: int, advice: str = "Lower the learning rate or the loss weights."
+    terms: Mapping[str, Tensor],
+    epoch: int,
+    step: int,
+    advice: str = "Lower the learning rate or the loss weights.",
+    watch: NonFiniteWatch | None = None,
 ) -> Tensor:
-    """``Σ terms``, the loss a training step minimises; a non-finite sum is an error naming the terms that caused it.
+    """``L = Σ terms``, the loss a training step minimises; a non-finite sum is an error naming the terms causing it.
 
     Args:
         terms: the step's named scalar terms (the task loss and every plug-in's).
         epoch: the 1-based epoch, for the message.
         step: the batch index, for the message.
         advice: what to try, appended to the message.
+        watch: check later, on the device (:class:`~wkd_lightning.checks.NonFiniteWatch`: no host synchronisation);
+            ``None`` checks now.
 
     Raises:
-        FloatingPointError: the sum is NaN or infinite.
+        FloatingPointError: the sum is NaN or infinite (now, or from ``watch`` a few steps later).
     """
-    total = torch.stack(list(terms.values())).sum()
-    if not torch.isfinite(total):
-        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-        raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step}: terms {bad}. {advice}")
+    stacked = torch.stack(list(terms.values()))
+    total = stacked.sum()
+    if watch is None:
+        check_total(terms, total, epoch, step, advice)
+    else:
+        watch.observe(terms, stacked, total, epoch, step)
     return total
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shared validation. Every loss function and plug-in checks its arguments and inputs through these helpers, so the
-# same mistake gets the same message everywhere: "<owner>: <argument> must be <valid range>, got <value>. <advice>".
-
-
-def check_number(value: float, arg: str, owner: str, *, positive: bool = False, hint: str = "") -> float:
-    """Return ``float(value)`` after checking that it is a finite real number, ``> 0`` or (default) ``>= 0``.
-
-    Args:
-        value: the argument's value.
-        arg: its name, as the user spells it (``"temperature"``, ``"mean_weight (ρ)"``...).
-        owner: the function or class that received it (prefixes the message).
-        positive: require ``> 0`` instead of ``>= 0``.
-        hint: an optional sentence appended to the message (what to do instead).
-
-    Raises:
-        ValueError: naming ``owner``, ``arg``, the valid range and the value.
-    """
-    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (is_real and math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{owner}: {arg} must be a finite number {bound}, got {value!r}.{' ' + hint if hint else ''}")
-    return float(value)
-
-
-def check_integer(value: int, arg: str, owner: str, *, minimum: int = 1) -> int:
-    """Return ``int(value)`` after checking that it is an integer (not a bool, not a fractional float) ``>= minimum``.
-
-    Raises:
-        ValueError: naming ``owner``, ``arg``, the valid range and the value.
-    """
-    is_integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not is_integral or value < minimum:
-        raise ValueError(f"{owner}: {arg} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def check_finite(student: Tensor, teacher: Tensor, what: str, owner: str) -> None:
-    """Raise if the student's or the teacher's tensor holds NaN or ±inf, naming the side and the counts.
-
-    Both are tested with one device synchronisation; the counts are only computed on failure. Non-finite inputs would
-    otherwise surface as a NaN loss (or, in ``eigh``, as a convergence error) with no hint of their origin.
-
-    Args:
-        student: the student's tensor (logits or feature map).
-        teacher: the teacher's tensor, same kind.
-        what: what the tensors are, for the message (``"logits"``, ``"feature maps"``).
-        owner: the function or class that received them.
-
-    Raises:
-        ValueError: naming the side, the number of NaN and inf entries, and what to do.
-    """
-    if bool(torch.isfinite(student).all() & torch.isfinite(teacher).all()):
-        return
-    advice = {
-        "student": "the student has diverged (lower the learning rate or the loss weights) or overflowed in float16 "
-        "(train in bf16-mixed or fp32)",
-        "teacher": "check the teacher weights (teacher_weights), and run the teacher in bf16 or fp32 if it "
-        "overflows in float16",
-    }
-    for side, x in (("student", student), ("teacher", teacher)):
-        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-        if nan or inf:
-            raise ValueError(
-                f"{owner}: the {side} {what} contain {nan} NaN and {inf} inf values (of {x.numel()}, shape "
-                f"{tuple(x.shape)}); {advice[side]}."
-            )
-
-
-def check_logits(student_logits: Tensor, teacher_logits: Tensor, owner: str, *, min_classes: int = 1) -> None:
-    """Check a student/teacher logit pair: both B×C with the same shape, ``C >= min_classes``, all values finite.
-
-    Raises:
-        ValueError: naming the offending side and shape (or the counts of NaN/inf values, see :func:`check_finite`).
-    """
-    if student_logits.ndim != 2 or teacher_logits.ndim != 2:
-        raise ValueError(
-            f"{owner}: expected B×C (2-D) logits, got student logits of shape {tuple(student_logits.shape)} and "
-            f"teacher logits of shape {tuple(teacher_logits.shape)}. Pass the classifier outputs, not features."
-        )
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"{owner}: teacher logits have shape {tuple(teacher_logits.shape)} but student logits have "
-            f"{tuple(student_logits.shape)}; teacher and student must predict the same classes."
-        )
-    if student_logits.shape[1] < min_classes:
-        raise ValueError(
-            f"{owner}: needs at least {min_classes} classes, got logits of shape {tuple(student_logits.shape)} "
-            f"(C = {student_logits.shape[1]})."
-        )
-    check_finite(student_logits, teacher_logits, "logits", owner)
-
-
-def check_labels(target: Tensor, num_classes: int, owner: str = "") -> None:
-    """Raise if class indices fall outside ``[0, C)`` (a frequent symptom of a data/model class-count mismatch).
-
-    Args:
-        target: class indices.
-        num_classes: ``C``.
-        owner: the caller, prefixed to the message when given.
-    """
-    if target.numel() == 0:
-        return
-    low, high = int(target.min()), int(target.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"{owner + ': ' if owner else ''}labels must lie in [0, {num_classes}) for {num_classes}-class logits, got "
-            f"values in [{low}, {high}]. Check that the data module and the model have the same number of classes."
-        )
-
-
-def class_indices(target: Tensor, logits: Tensor, owner: str) -> Tensor:
-    """Class indices from B integer labels, or the argmax of B×C soft/mixed labels, checked against B×C ``logits``.
-
-    Raises:
-        ValueError: for labels of the wrong shape or dtype, or outside ``[0, C)``.
-    """
-    batch, num_classes = logits.shape
-    if target.ndim == 2:
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"{owner}: soft targets have shape {tuple(target.shape)} but the logits have {tuple(logits.shape)}; "
-                "expected B class indices or B×C soft labels."
-            )
-        return target.argmax(dim=1)
-    if target.ndim != 1 or target.shape[0] != batch:
-        raise ValueError(
-            f"{owner}: targets have shape {tuple(target.shape)}; expected {batch} class indices or "
-            f"{batch}×{num_classes} soft labels."
-        )
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise ValueError(f"{owner}: 1-D targets must be integer class indices, got dtype {target.dtype}.")
-    check_labels(target, num_classes, owner)
-    return target
 
 
 def float32(x: Tensor) -> Tensor:

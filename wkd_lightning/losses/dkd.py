@@ -11,17 +11,10 @@ DKD drops the coupling factor ``(1 − p_t,y)`` and weights the parts freely: ``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.losses.base import (
-    DistillationContext,
-    DistillationLoss,
-    check_logits,
-    check_number,
-    class_indices,
-    float32,
-)
+from wkd_lightning.checks import check_logits, check_number, class_indices
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, float32
 from wkd_lightning.losses.schedule import LinearWarmup, WeightSchedule
 
 
@@ -33,7 +26,8 @@ def _binary_and_non_target_log_probs(logits: Tensor, target_mask: Tensor) -> tup
     log_z = torch.logsumexp(logits, dim=1, keepdim=True)
     non_target = logits.masked_fill(target_mask, float("-inf"))
     log_z_non_target = torch.logsumexp(non_target, dim=1, keepdim=True)
-    log_binary = torch.cat([logits.masked_select(target_mask).unsqueeze(1) - log_z, log_z_non_target - log_z], 1)
+    target_logit = logits.masked_fill(~target_mask, 0.0).sum(dim=1, keepdim=True)  # z_y (exact: adds zeros)
+    log_binary = torch.cat([target_logit - log_z, log_z_non_target - log_z], 1)
     log_non_target = (non_target - log_z_non_target).masked_fill(target_mask, 0.0)
     return log_binary, log_non_target
 
@@ -73,7 +67,7 @@ def dkd_loss(
     check_number(beta, "beta", name)
     check_logits(student_logits, teacher_logits, name, min_classes=2)
     target = class_indices(target, student_logits, name)
-    target_mask = F.one_hot(target.long(), student_logits.shape[1]).bool()
+    target_mask = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, target.long().unsqueeze(1), True)
     log_b_s, log_p_s = _binary_and_non_target_log_probs(float32(student_logits) / temperature, target_mask)
     with torch.no_grad():
         log_b_t, log_p_t = _binary_and_non_target_log_probs(float32(teacher_logits) / temperature, target_mask)

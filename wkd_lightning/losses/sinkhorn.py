@@ -37,15 +37,24 @@ import math
 import torch
 from torch import Tensor
 
-from wkd_lightning.losses.base import check_integer, check_number
+from wkd_lightning.checks import MAX_STABLE_COST_OVER_EPS, check_integer, check_number, check_stable_range
+
+__all__ = [
+    "MAX_STABLE_COST_OVER_EPS",
+    "RELEASED_STABILIZER",
+    "check_stable_range",
+    "gibbs_kernel",
+    "initial_scaling",
+    "kernel_underflows",
+    "sinkhorn_cost",
+    "sinkhorn_cost_stable",
+    "sinkhorn_plan",
+    "sinkhorn_scalings",
+]
 
 #: The ``+1e-8`` added to both denominators of the released Sinkhorn updates (SPEC §1.4). Keep it for faithful
 #: results; ``0.0`` gives textbook Sinkhorn (for testing and analysis only: a zero denominator then gives inf/NaN).
 RELEASED_STABILIZER = 1e-8
-
-#: Largest ``max(M)/ε`` the stabilised path accepts: ``exp(−650)`` ≈ 5e-283 is still a normal fp64 number, and the
-#: ``1/x`` factors of the backward pass (``≤ e^650``) leave a wide margin below the fp64 maximum (≈ 1.8e308).
-MAX_STABLE_COST_OVER_EPS = 650.0
 
 
 def gibbs_kernel(cost: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -346,27 +355,6 @@ def sinkhorn_cost_stable(
     v_scaled, shift_v = _split_scale(log_v)
     w = (u_scaled * (v_scaled @ kernel_cost_t)).sum(dim=1) * torch.exp(shift_u + shift_v).squeeze(1)
     return w.to(out_dtype)
-
-
-def check_stable_range(cost: Tensor, eps: float, name: str) -> None:
-    """Raise if ``max(M)/ε`` exceeds :data:`MAX_STABLE_COST_OVER_EPS`, where even float64 cannot hold the kernel.
-
-    Args:
-        cost: ``M``, C×C.
-        eps: ``ε``.
-        name: the caller, for the message.
-
-    Raises:
-        ValueError: naming the ratio, the cost maximum and ``ε``, and what to change.
-    """
-    high = float(cost.detach().max())
-    ratio = high / eps
-    if ratio > MAX_STABLE_COST_OVER_EPS:
-        raise ValueError(
-            f"{name}: max(cost)/eps = {high:.4g}/{eps:g} = {ratio:.4g} exceeds {MAX_STABLE_COST_OVER_EPS:g}; "
-            "exp(-cost/eps) cannot be represented even in float64. Sharpen the cost (kappa > 0 maps it into [0, 1)), "
-            "rescale it, or use a larger sinkhorn_eps."
-        )
 
 
 def sinkhorn_plan(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wkd_lightning.losses.base import DistillationContext, check_finite, check_integer, check_number, float32
+from wkd_lightning.checks import check_feature_maps, check_integer, check_number
+from wkd_lightning.losses.base import DistillationContext, float32
 from wkd_lightning.losses.projectors import ProjectedFeatureLoss
 from wkd_lightning.losses.schedule import WeightSchedule
 
@@ -25,21 +26,6 @@ VARIANCE_EPS = 1e-5
 #: ridge, so this only catches round-off; it keeps ``d√λ/dλ`` finite).
 _EIGENVALUE_FLOOR = 1e-13
 COVARIANCE_KINDS: tuple[str, ...] = ("diagonal", "full")
-
-
-def _check_maps(student_feat: Tensor, teacher_feat: Tensor, grid: int, name: str) -> int:
-    """Check the two maps (same B×C×H×W shape, B >= 1, finite) and return ``grid`` as an int >= 1."""
-    if student_feat.ndim != 4 or student_feat.shape != teacher_feat.shape:
-        raise ValueError(
-            f"{name}: expected student and teacher feature maps of the same B×C×H×W shape, got "
-            f"{tuple(student_feat.shape)} and {tuple(teacher_feat.shape)}. Project the student map to the teacher's "
-            "shape first (see wkd_lightning.losses.projectors.make_projector)."
-        )
-    grid = check_integer(grid, "grid", name)
-    if student_feat.shape[0] == 0:
-        raise ValueError(f"{name}: got an empty batch (B = 0).")
-    check_finite(student_feat, teacher_feat, "feature maps", name)
-    return grid
 
 
 def cell_bounds(size: int, grid: int) -> list[tuple[int, int]]:
@@ -52,15 +38,17 @@ def cell_bounds(size: int, grid: int) -> list[tuple[int, int]]:
 
 
 def _axis_index(size: int, grid: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Gather indices (g×L, padded by repeating the last index) and the validity mask (g×L) of one axis."""
-    bounds = cell_bounds(size, grid)
-    length = max(end - start for start, end in bounds)
-    offsets = torch.arange(length)
-    starts = torch.tensor([start for start, _ in bounds]).unsqueeze(1)
-    ends = torch.tensor([end for _, end in bounds]).unsqueeze(1)
+    """Gather indices (g×L, padded by repeating the last index) and the validity mask (g×L) of one axis.
+
+    Made on ``device`` from ``arange`` (the bounds of :func:`cell_bounds` in closed form), so no host→device copy.
+    """
+    length = max(end - start for start, end in cell_bounds(size, grid))
+    cells = torch.arange(grid, device=device).unsqueeze(1)
+    starts = torch.div(cells * size, grid, rounding_mode="floor")
+    ends = -torch.div(-(cells + 1) * size, grid, rounding_mode="floor")
+    offsets = torch.arange(length, device=device)
     index = torch.minimum(starts + offsets, ends - 1)
-    mask = offsets < ends - starts
-    return index.to(device), mask.to(device)
+    return index, offsets < ends - starts
 
 
 def grid_cells(x: Tensor, grid: int) -> tuple[Tensor, Tensor]:
@@ -128,7 +116,7 @@ def gaussian_wd_loss(student_feat: Tensor, teacher_feat: Tensor, grid: int = 1) 
         ValueError: if the shapes differ or are not 4-D, a map holds NaN/inf (the message names the side), or
             ``grid`` is not an integer ≥ 1.
     """
-    grid = _check_maps(student_feat, teacher_feat, grid, "gaussian_wd_loss")
+    grid = check_feature_maps(student_feat, teacher_feat, grid, "gaussian_wd_loss")
     with torch.autocast(device_type=student_feat.device.type, enabled=False):
         mu_s, var_s = cell_mean_var(float32(student_feat), grid)
         mu_t, var_t = cell_mean_var(float32(teacher_feat).detach(), grid)
@@ -197,7 +185,7 @@ def gaussian_wd_full_cov(student_feat: Tensor, teacher_feat: Tensor, grid: int =
         ValueError: if the shapes differ or are not 4-D, a map holds NaN/inf (the message names the side), or
             ``grid`` is not an integer ≥ 1.
     """
-    grid = _check_maps(student_feat, teacher_feat, grid, "gaussian_wd_full_cov")
+    grid = check_feature_maps(student_feat, teacher_feat, grid, "gaussian_wd_full_cov")
     with torch.autocast(device_type=student_feat.device.type, enabled=False):
         mu_s, cov_s = cell_mean_cov(student_feat.double(), grid)
         mu_t, cov_t = cell_mean_cov(teacher_feat.detach().double(), grid)

@@ -16,19 +16,29 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.losses.base import (
-    DistillationContext,
-    DistillationLoss,
-    check_integer,
+from wkd_lightning.checks import (
+    assert_on_device,
+    check_cost,
+    check_cost_size,
     check_logits,
     check_number,
+    check_wkd_logit_hparams,
     class_indices,
+    values_checked,
+)
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss
+from wkd_lightning.losses.cost import (  # noqa: F401 -- re-exported: the cost helpers used to live here
+    COST_FLOOR,
+    compute_dtype,
+    load_cost,
+    positive_cost,
+    sharpen_cost,
+    uniform_cost,
 )
 from wkd_lightning.losses.schedule import WeightSchedule
 from wkd_lightning.losses.sinkhorn import (
@@ -40,80 +50,6 @@ from wkd_lightning.losses.sinkhorn import (
     sinkhorn_cost_stable,
 )
 
-#: Added to ``relu(D)`` so that every cost is strictly positive (released behaviour, SPEC §1.3).
-COST_FLOOR = 1e-8
-
-
-def uniform_cost(num_classes: int) -> Tensor:
-    """The uninformative cost: 1 between any two different classes, 0 on the diagonal (C×C, fp32)."""
-    if num_classes < 2:
-        raise ValueError(f"uniform_cost: num_classes must be >= 2, got {num_classes}.")
-    return 1.0 - torch.eye(num_classes)
-
-
-def sharpen_cost(cost: Tensor, kappa: float) -> Tensor:
-    """``D ← 1 − exp(−κ·D)`` (SPEC §1.3); returned unchanged when ``κ = 0``.
-
-    For ``κ > 0`` this maps costs ``≥ 0`` monotonically into ``[0, 1)``, larger ``κ`` spreading small distances.
-
-    Args:
-        cost: ``D``, a C×C matrix of category distances.
-        kappa: the sharpening factor ``κ``.
-    """
-    if check_number(kappa, "kappa", "sharpen_cost") == 0:
-        return cost
-    return 1.0 - torch.exp(-kappa * cost)
-
-
-def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
-    """Load a C×C category-cost matrix saved with ``torch.save`` and sharpen it unless that was already done.
-
-    The file holds either a plain C×C tensor, or a dict with key ``"cost"`` (the C×C tensor) and metadata such as
-    ``"method"``, ``"teacher"``, ``"dataset"``, ``"layer"``, ``"class_names"`` and ``"kappa_applied"``. When
-    ``kappa_applied`` is true the stored matrix is already sharpened and ``kappa`` is ignored.
-
-    Args:
-        path: the file.
-        kappa: the sharpening factor ``κ`` applied by :func:`sharpen_cost` (0 disables it).
-
-    Returns:
-        The (sharpened) C×C cost matrix in fp32 on the CPU.
-
-    Raises:
-        FileNotFoundError: if the file does not exist (the message says how to make one).
-        ValueError: if ``torch.load(..., weights_only=True)`` cannot read the file, the file holds something else, or
-            the matrix is not a finite square matrix (the message names the file and counts the NaN/inf entries).
-    """
-    path = Path(path)
-    source = f"WKD-L cost file {str(path)!r}"
-    expected = "expected a C×C tensor or a dict {'cost': C×C tensor, ...metadata}"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{source} does not exist. Make one from a trained teacher with the IR tool, e.g. "
-            "`wkd-ir -c configs/fashion_mnist/ir.yaml` (it writes <output_dir>/<method>.pt), or save a C×C tensor "
-            "of category distances with `torch.save(D, path)`; or pass cost='uniform'."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types (UnpicklingError, EOFError, KeyError...) for bad files
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ValueError(
-            f"{source} could not be read with torch.load(weights_only=True) ({type(err).__name__}: {reason}); "
-            f"{expected}, written by `wkd-ir` or by torch.save(torch.as_tensor(D), path)."
-        ) from err
-    kappa_applied = False
-    if isinstance(obj, dict):
-        if "cost" not in obj:
-            raise ValueError(
-                f"{source} holds a dict without a 'cost' entry (keys: {sorted(map(str, obj))}); {expected}."
-            )
-        kappa_applied = bool(obj.get("kappa_applied", False))
-        obj = obj["cost"]
-    if not isinstance(obj, Tensor):
-        raise ValueError(f"{source} holds a {type(obj).__name__}; {expected}.")
-    cost = _check_cost(obj.float(), None, source)
-    return cost if kappa_applied else sharpen_cost(cost, kappa)
-
 
 def wkd_logit_loss(
     student_logits: Tensor,
@@ -124,12 +60,16 @@ def wkd_logit_loss(
     *,
     sinkhorn_eps: float = 0.05,
     sinkhorn_iters: int = 10,
+    stable: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The two WKD-L terms ``(L_t, W)`` (SPEC §1), both batch means, computed in fp32 even under autocast.
 
     Gradients flow into the student logits only. When ``exp(−M/ε)`` underflows in fp32 (``max M/ε ≳ 87``, e.g.
     unsharpened costs above ≈ 4.4 at ``ε = 0.05``) the Sinkhorn iterations switch automatically to the fp64
     log-scaled form of :func:`~wkd_lightning.losses.sinkhorn.sinkhorn_cost_stable`, which computes the same value.
+    Deciding that reads the cost (one host synchronisation); where values are not read (under ``torch.compile`` or
+    :func:`~wkd_lightning.checks.deferred_checks`) the plain form is used and a device-side assert stops a cost that
+    would need the other one: pass ``stable`` to choose.
 
     Args:
         student_logits: ``z_s``, B×C.
@@ -139,6 +79,8 @@ def wkd_logit_loss(
         temperature: ``τ`` of the non-target distributions (> 0).
         sinkhorn_eps: entropic regularisation ``ε`` (> 0).
         sinkhorn_iters: number of Sinkhorn iterations (≥ 1; the release uses 10).
+        stable: force the fp64 log-scaled iterations (``True``) or the plain fp32 ones (``False``); ``None``: by the
+            cost, as above.
 
     Returns:
         ``(L_t, W)``: the target term at temperature 1 and the mean non-target transport cost, fp32 scalars.
@@ -150,13 +92,25 @@ def wkd_logit_loss(
             in float64 (``max M/ε`` > 650).
     """
     name = "wkd_logit_loss"
-    _check_hparams(temperature, sinkhorn_eps, sinkhorn_iters, name)
-    hard_target = _checked_inputs(student_logits, teacher_logits, target, name)
-    cost = _check_cost(cost, student_logits.shape[1], name)
+    check_wkd_logit_hparams(temperature, sinkhorn_eps, sinkhorn_iters, name)
+    check_logits(student_logits, teacher_logits, name, min_classes=2)
+    hard_target = class_indices(target, student_logits, name)
+    cost = check_cost(cost, student_logits.shape[1], name)
     device = student_logits.device
     with torch.autocast(device_type=device.type, enabled=False):
-        cost_m = positive_cost(cost.to(device=device, dtype=_compute_dtype(student_logits)))
+        cost_m = positive_cost(cost.to(device=device, dtype=compute_dtype(student_logits)))
         kernel, kernel_cost = gibbs_kernel(cost_m, sinkhorn_eps)
+        if stable is None and values_checked():
+            stable = kernel_underflows(cost_m, sinkhorn_eps)
+        elif stable is None:
+            ratio = cost_m.max() / sinkhorn_eps
+            assert_on_device(
+                ratio <= -math.log(torch.finfo(torch.float32).tiny),
+                f"{name}: exp(-cost/eps) underflows in float32; pass stable=True when values are not read.",
+            )
+            stable = False
+        if stable:
+            check_stable_range(cost_m, sinkhorn_eps, name)
         return _wkd_logit_terms(
             student_logits,
             teacher_logits,
@@ -167,18 +121,8 @@ def wkd_logit_loss(
             temperature,
             sinkhorn_eps,
             sinkhorn_iters,
-            stable=kernel_underflows(cost_m, sinkhorn_eps),
+            stable=stable,
         )
-
-
-def positive_cost(cost: Tensor) -> Tensor:
-    """``M = relu(D) + 1e-8`` (the cost as used by Sinkhorn), in fp32 or, for fp64 input, fp64."""
-    return torch.relu(cost.to(_compute_dtype(cost))) + COST_FLOOR
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """fp32 for half/bfloat16/fp32 inputs (SPEC §1.6); fp64 inputs stay fp64 (used by gradient checks)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 class WKDLogit(DistillationLoss):
@@ -220,7 +164,7 @@ class WKDLogit(DistillationLoss):
     ) -> None:
         super().__init__(weight, schedule)
         cls = type(self).__name__
-        self.temperature, self.sinkhorn_eps, self.sinkhorn_iters = _check_hparams(
+        self.temperature, self.sinkhorn_eps, self.sinkhorn_iters = check_wkd_logit_hparams(
             temperature, sinkhorn_eps, sinkhorn_iters, cls
         )
         self.kappa = check_number(kappa, "kappa", cls)
@@ -258,7 +202,7 @@ class WKDLogit(DistillationLoss):
                 even in float64 (checked here, so a bad configuration fails when the loss is made, not mid-run).
         """
         name = f"{type(self).__name__}.set_cost"
-        cost = _check_cost(cost.detach().float(), None, name)
+        cost = check_cost(cost.detach().float(), None, name)
         if not sharpened:
             cost = sharpen_cost(cost, self.kappa)
         device = self.cost_matrix.device if self.cost_matrix is not None else cost.device
@@ -274,12 +218,13 @@ class WKDLogit(DistillationLoss):
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
         student_logits = ctx.student_logits
         teacher_logits = self.require_teacher_logits(ctx)
-        hard_target = _checked_inputs(student_logits, teacher_logits, ctx.target, self.name)
+        check_logits(student_logits, teacher_logits, self.name, min_classes=2)
+        hard_target = class_indices(ctx.target, student_logits, self.name)
         num_classes = student_logits.shape[1]
         if self.cost_matrix is None:
             self.set_cost(uniform_cost(num_classes).to(student_logits.device))
         else:
-            _check_cost_size(self.cost_matrix.shape[0], num_classes, f"{self.name} (cost {self.cost_source!r})")
+            check_cost_size(self.cost_matrix.shape[0], num_classes, f"{self.name} (cost {self.cost_source!r})")
         assert self.cost_matrix is not None and self.kernel is not None and self.kernel_cost is not None
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             l_t, w = _wkd_logit_terms(
@@ -317,7 +262,7 @@ def _wkd_logit_terms(
     stable: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(L_t, W)`` from validated inputs; must run with autocast disabled. ``cost_m`` is ``M`` (already positive)."""
-    dtype = _compute_dtype(student_logits)
+    dtype = compute_dtype(student_logits)
     z_s = student_logits.to(dtype)
     z_t = teacher_logits.detach().to(dtype)
     device = z_s.device
@@ -344,49 +289,3 @@ def _wkd_logit_terms(
         b = F.softmax(masked_t, dim=1)
         w = sinkhorn_cost(a, b, u0, kernel, kernel_cost, iters)
     return l_t, w.mean()
-
-
-def _checked_inputs(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, name: str) -> Tensor:
-    """Validate the logits (B×C, same shape, C >= 2, finite) and return the class indices of ``target``."""
-    check_logits(student_logits, teacher_logits, name, min_classes=2)
-    return class_indices(target, student_logits, name)
-
-
-def _check_hparams(temperature: float, eps: float, iters: int, name: str) -> tuple[float, float, int]:
-    """Return ``(τ, ε, iterations)`` as float, float, int after checking them."""
-    return (
-        check_number(temperature, "temperature", name, positive=True),
-        check_number(eps, "sinkhorn_eps", name, positive=True, hint="The release uses 0.05."),
-        check_integer(iters, "sinkhorn_iters", name),
-    )
-
-
-def _check_cost_size(cost_classes: int, num_classes: int, name: str) -> None:
-    if cost_classes != num_classes:
-        raise ValueError(
-            f"{name}: the cost matrix is {cost_classes}×{cost_classes} but the logits have C = {num_classes} classes; "
-            f"use a cost computed for this dataset's {num_classes} classes (e.g. with `wkd-ir` on its teacher), or "
-            "cost='uniform'."
-        )
-
-
-def _check_cost(cost: Tensor, num_classes: int | None, name: str) -> Tensor:
-    """Return ``cost`` after checking it is a finite square matrix of size >= 2 (and C if given).
-
-    Negative entries are allowed: ``M = relu(D) + 1e-8`` maps them to the floor, as the release does (SPEC §1.3).
-    """
-    if not isinstance(cost, Tensor):
-        raise ValueError(f"{name}: cost must be a C×C tensor, got {type(cost).__name__}.")
-    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-        raise ValueError(f"{name}: cost must be a square C×C matrix, got shape {tuple(cost.shape)}.")
-    if num_classes is not None:
-        _check_cost_size(cost.shape[0], num_classes, name)
-    if cost.shape[0] < 2:
-        raise ValueError(f"{name}: cost must be at least 2×2, got {tuple(cost.shape)}.")
-    bad = int((~torch.isfinite(cost)).sum())
-    if bad:
-        raise ValueError(
-            f"{name}: cost has {bad} non-finite entries (NaN or inf) of {cost.numel()}; every entry must be finite. "
-            "Recompute the matrix (e.g. with `wkd-ir`) or replace those entries."
-        )
-    return cost

@@ -48,11 +48,15 @@ class EMATeacher(OnlineTeacher):
 
     @torch.no_grad()
     def after_optimizer_step(self, student: nn.Module) -> None:
+        """``θ_ema ← d·θ_ema + (1 − d)·θ`` for every parameter, buffers copied: fused ``torch._foreach_*`` kernels
+        (one launch per dtype/device group instead of one per tensor, which dominates on small students)."""
         ema = self._ema().model
-        for ema_param, param in zip(ema.parameters(), student.parameters()):
-            ema_param.lerp_(param, 1.0 - self.decay)  # θ_ema + (1 − d)(θ − θ_ema) = d·θ_ema + (1 − d)·θ
-        for ema_buffer, buffer in zip(ema.buffers(), student.buffers()):
-            ema_buffer.copy_(buffer)
+        ema_params, params = list(ema.parameters()), list(student.parameters())
+        if ema_params:
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)  # θ_ema + (1 − d)(θ − θ_ema)
+        ema_buffers, buffers = list(ema.buffers()), list(student.buffers())
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
 
     def _ema(self) -> FrozenTeacher:
         if self.ema is None:
