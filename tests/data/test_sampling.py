@@ -152,7 +152,7 @@ def test_evaluation_shards_partition_the_dataset_exactly(world_size):
         assert len(shard) == len(sampler)
         seen += shard
     assert sorted(seen) == list(range(10))
-    padded = [i for rank in range(3) for i in EpochSampler(10, shuffle=False, num_replicas=3, rank=rank, with_seeds=False)]
+    padded = [i for r in range(3) for i in EpochSampler(10, shuffle=False, num_replicas=3, rank=r, with_seeds=False)]
     assert len(padded) == 12  # training shards are padded to equal length (DDP needs equal step counts)
 
 
