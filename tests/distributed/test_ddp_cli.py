@@ -89,24 +89,17 @@ def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
     assert resumed["complete"] and resumed["epochs"] == 3
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
 
-    for stage in ("validate", "test"):
-        out = tmp_path / stage
-        common = [
-            "-c",
-            str(config),
-            f"--trainer.default_root_dir={out}",
-            *QUIET,
-            "--ckpt_path",
-            str(run_dir / "checkpoints" / "last.ckpt"),
-        ]
-        run_ok(["wkd", stage, *common, *ddp(devices)], tmp_path / f"{stage}.log")
-        run_ok(
-            ["wkd", stage, *common[:2], f"--trainer.default_root_dir={out}1", *common[3:]], tmp_path / f"{stage}1.log"
-        )
-        key = "val/top1" if stage == "validate" else "test/top1"
-        assert last_row(out / "metrics.csv", key) == pytest.approx(
-            last_row(Path(f"{out}1") / "metrics.csv", key), abs=1e-7
-        )
+    if devices == 2:
+        return  # validate and test under DDP: with 3 processes, whose uneven split is where padding would show
+    checkpoint = f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    for stage, key in (("validate", "val/top1"), ("test", "test/top1")):
+        values = []
+        for name, extra in ((f"{stage}-ddp", ddp(devices)), (f"{stage}-single", [])):
+            out = tmp_path / name
+            args = ["wkd", stage, "-c", str(config), f"--trainer.default_root_dir={out}", *QUIET, checkpoint, *extra]
+            run_ok(args, tmp_path / f"{name}.log")
+            values.append(last_row(out / "metrics.csv", key))
+        assert values[0] == pytest.approx(values[1], abs=1e-7)
 
 
 @pytest.mark.slow
