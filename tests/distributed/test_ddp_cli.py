@@ -40,6 +40,12 @@ def fit_args(config: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["wkd", "fit", "-c", str(config), f"--trainer.default_root_dir={run_dir}", *QUIET, *extra]
 
 
+def evaluation_metrics(run_dir: Path, stage: str) -> Path:
+    """The metrics.csv of the one ``wkd validate|test`` into ``run_dir`` (written to ``<run_dir>/<stage>/<time>/``)."""
+    (evaluation,) = (run_dir / stage).iterdir()
+    return evaluation / "metrics.csv"
+
+
 def last_row(metrics: Path, key: str) -> float:
     with open(metrics, newline="") as file:
         return float([row for row in csv.DictReader(file) if row.get(key)][-1][key])
@@ -80,7 +86,9 @@ def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
         ],
         tmp_path / "validate1.log",
     )
-    assert last_row(single_dir / "metrics.csv", "val/top1") == pytest.approx(summary["last_val_top1"], abs=1e-7)
+    assert last_row(evaluation_metrics(single_dir, "validate"), "val/top1") == pytest.approx(
+        summary["last_val_top1"], abs=1e-7
+    )
 
     run_ok(
         fit_args(config, run_dir, *ddp(devices), "--trainer.max_epochs=3", "--ckpt_path=last"), tmp_path / "resume.log"
@@ -104,8 +112,8 @@ def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
             ["wkd", stage, *common[:2], f"--trainer.default_root_dir={out}1", *common[3:]], tmp_path / f"{stage}1.log"
         )
         key = "val/top1" if stage == "validate" else "test/top1"
-        assert last_row(out / "metrics.csv", key) == pytest.approx(
-            last_row(Path(f"{out}1") / "metrics.csv", key), abs=1e-7
+        assert last_row(evaluation_metrics(out, stage), key) == pytest.approx(
+            last_row(evaluation_metrics(Path(f"{out}1"), stage), key), abs=1e-7
         )
 
 
