@@ -279,7 +279,8 @@ def scale_schedules(node, old_epochs: int, new_epochs: int):
     """Rescale, in place, every epoch count of :data:`EPOCH_ARGUMENTS` in a config tree from ``old`` to ``new``
     epochs (rounded half up, never below the argument's minimum, never above ``new_epochs``); returns ``node``.
 
-    ``T_max`` equal to the old run length becomes the new run length exactly (the LR reaches its minimum at the end).
+    ``T_max`` equal to the old run length becomes the new run length exactly (the LR reaches its minimum at the end);
+    ``T_max: max_epochs`` (the shipped configs) follows the run length by itself and is left as it is.
     """
     if isinstance(node, list):
         for item in node:
@@ -290,8 +291,9 @@ def scale_schedules(node, old_epochs: int, new_epochs: int):
         if name in EPOCH_ARGUMENTS and isinstance(init_args, dict) and EPOCH_ARGUMENTS[name][0] in init_args:
             key, minimum = EPOCH_ARGUMENTS[name]
             value = init_args[key]
-            scaled = new_epochs if value == old_epochs else round_half_up(value * new_epochs / old_epochs)
-            init_args[key] = min(max(scaled, minimum), new_epochs)
+            if not isinstance(value, str):  # "max_epochs" follows the run length by itself
+                scaled = new_epochs if value == old_epochs else round_half_up(value * new_epochs / old_epochs)
+                init_args[key] = min(max(scaled, minimum), new_epochs)
         for value in node.values():
             scale_schedules(value, old_epochs, new_epochs)
     return node

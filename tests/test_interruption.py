@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -57,12 +58,16 @@ def test_interrupted_fit_leaves_a_checkpoint_that_resumes(how, tmp_path, fashion
     assert validated_epochs == {"0", "1"}  # the rows written before the interruption are still there
 
 
-def test_new_fit_in_a_used_run_directory_keeps_the_old_metrics(tmp_path, fashion_dir):
+def test_new_fit_in_a_folder_with_only_a_metrics_log_keeps_the_old_metrics(tmp_path, fashion_dir):
+    """A folder with a metrics.csv but no checkpoint nor summary (a fit stopped in its first epoch) may be fitted
+    into again; the old log is moved aside. (A folder with checkpoints is refused: tests/test_cli_runs.py.)"""
     path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
     args = ["fit", "-c", str(path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *QUIET]
     make_cli(args)
-    make_cli(args)
     run_dir = tmp_path / "runs" / "vanilla"
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "summary.json").unlink()
+    make_cli(args)
     assert (run_dir / "metrics.csv").is_file() and len(list(run_dir.glob("metrics.*.csv"))) == 1
 
 

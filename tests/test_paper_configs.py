@@ -27,6 +27,7 @@ from wkd_lightning.ir.cli import build_parser
 from wkd_lightning.ir.cli import main as wkd_ir
 from wkd_lightning.losses import CosineDecay, load_cost
 from wkd_lightning.models import model_info
+from wkd_lightning.schedules import milestone_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -189,13 +190,13 @@ def recipe_of(cfg: dict) -> dict:
     model, data = cfg["model"], cfg["data"]["init_args"]
     optimizer = model["optimizer"]
     scheduler = model["lr_scheduler"]
-    assert scheduler["class_path"] == "torch.optim.lr_scheduler.MultiStepLR"
+    assert scheduler["class_path"] == "wkd_lightning.schedules.MultiStepLR"  # milestones: fractions of the run
     values = {
         "optimizer": optimizer["class_path"].rpartition(".")[2],
         **{k: optimizer["init_args"][k] for k in ("lr", "momentum", "nesterov", "weight_decay")},
         "batch_size": data["batch_size"],
         "max_epochs": cfg["trainer"]["max_epochs"],
-        "milestones": scheduler["init_args"]["milestones"],
+        "milestones": milestone_epochs(scheduler["init_args"]["milestones"], cfg["trainer"]["max_epochs"]),
         "lr_gamma": scheduler["init_args"]["gamma"],
         "ce_weight": model.get("ce_weight", 1.0),  # the module's default
     }

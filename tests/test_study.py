@@ -12,6 +12,8 @@ import torch
 import yaml
 from study_module import load_study
 
+from wkd_lightning.schedules import cosine_length
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -140,7 +142,7 @@ def test_schedules_are_rescaled_with_the_epoch_budget(tmp_path, epochs, start_ep
     for name, config in derived.items():
         fit = config["fit"] if study.BY_NAME[name].ban else config
         assert fit["trainer"]["max_epochs"] == epochs and fit["trainer"]["enable_progress_bar"] is False
-        assert fit["model"]["lr_scheduler"]["init_args"]["T_max"] == epochs  # cosine LR still ends at the end
+        assert cosine_length(fit["model"]["lr_scheduler"]["init_args"]["T_max"], epochs) == epochs  # ends at the end
         assert "default_root_dir" not in fit["trainer"]
         assert fit["data"]["init_args"]["train_size"] == 6000
     for name in ("wkd_l_cka_paired", "wkd_f", "wkd_lf"):
@@ -167,7 +169,7 @@ def test_quick_settings_limit_validation_and_data():
     assert config["data"]["init_args"] == {**config["data"]["init_args"], "train_size": 1000, "data_dir": "/data"}
     teacher = study.derive_teacher_config(settings)
     assert teacher["trainer"]["max_epochs"] == 1 and teacher["data"]["init_args"]["train_size"] == 6000
-    assert teacher["model"]["lr_scheduler"]["init_args"]["T_max"] == 1
+    assert cosine_length(teacher["model"]["lr_scheduler"]["init_args"]["T_max"], 1) == 1
     ir = study.derive_ir_config(settings, "t.ckpt", Path("/x/ir"))
     assert ir["methods"] == list(study.IR_METHODS) and ir["max_per_class"] == 100 and ir["progress"] is False
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wkd_lightning.summary import format_table, main
+from wkd_lightning.summary import format_table, main, result_line
 
 
 def write(run_dir, **summary):
@@ -32,3 +32,12 @@ def test_table_of_detector_runs_shows_map_and_refuses_mixed_metrics(tmp_path):
     cls = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8, last_val_top1=0.8)
     with pytest.raises(ValueError, match=r"records val/top1 but .* records val/map"):
         format_table([det, cls])
+
+
+def test_result_line_names_best_and_last_top1_and_top5():
+    line = result_line({"best_val_top1": 0.8512, "last_val_top1": 0.85, "best_val_top5": 0.991, "last_val_top5": 0.99,
+                        "epochs": 15})  # fmt: skip
+    assert line == "best top-1 85.12 %, last top-1 85.00 % · best top-5 99.10 %, last top-5 99.00 % (15 epochs)"
+    assert result_line({"metric": "val/map", "best_val_map": 0.3, "last_val_map": 0.25, "epochs": 2}) == (
+        "best mAP 30.00 %, last mAP 25.00 % (2 epochs)"
+    )

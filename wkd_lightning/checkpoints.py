@@ -205,3 +205,26 @@ def fill_missing_bn_counters(expected: Mapping[str, Tensor], state: dict[str, Te
     for key in filled:
         state[key] = torch.zeros((), dtype=torch.long)
     return filled
+
+
+def check_run_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint of a run (``--ckpt_path``) that cannot be read, naming the file and the other ones.
+
+    The project's checkpoints are zip archives (``torch.save``'s format); a file without a zip directory is a save
+    that was cut short (killed while writing, disk full), which ``torch.load`` reports only as ``OSError: [Errno 22]``.
+
+    Raises:
+        ValueError: the file is empty, damaged or truncated (see :func:`check_checkpoint_file`).
+    """
+    path = os.fspath(path)
+    check_checkpoint_file(path, "checkpoint")
+    if not zipfile.is_zipfile(path) and not tarfile.is_tarfile(path):
+        folder = os.path.dirname(path) or "."
+        others = sorted(n for n in os.listdir(folder) if n.endswith(".ckpt") and n != os.path.basename(path))
+        raise ValueError(
+            f"checkpoint {path!r} is truncated ({os.path.getsize(path)} bytes, its zip directory is missing): a save "
+            f"that was cut short (killed while writing, disk full). Resume from another file with --ckpt_path "
+            f"{os.path.join(folder, others[0]) if others else 'PATH'}"
+            f"{' (this folder also holds ' + ', '.join(others) + ')' if others else ''}, or move it away and start "
+            "over with --new_version true."
+        )

@@ -1,16 +1,19 @@
-"""``wkd`` and ``wkd-det``: the LightningCLIs of the project (``wkd fit|validate|test|predict -c CONFIG.yaml
-[--key value ...]``); ``wkd`` trains classifiers (:class:`DistillationModule`), ``wkd-det`` detectors
+"""``wkd`` and ``wkd-det``: the LightningCLIs of the project (``wkd fit|validate|test|predict -c CONFIG.yaml [--key
+value ...]``); ``wkd`` trains classifiers (:class:`DistillationModule`), ``wkd-det`` detectors
 (:class:`~wkd_lightning.detection.DetectionDistillationModule`).
 
 Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full resolved config), ``metrics.csv``,
 ``summary.json`` and ``checkpoints/{best,last}.ckpt`` (best by the module's ``monitor`` metric: validation top-1, or
-box mAP for detectors; ``last-interrupted.ckpt`` when Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes
-a run from the newest of them. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger in the run
-directory is always kept.
+box mAP for detectors; ``last-interrupted.ckpt`` when Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes a
+run from the newest of them. A fresh fit into a run directory that holds an earlier fit is refused (``--new_version
+true``: into ``<run dir>/version_<N>``); ``validate``/``test``/``predict`` write into ``<run dir>/<subcommand>/<time
+stamp>`` (:mod:`wkd_lightning.rundirs`). More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
+in the run directory is always kept.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import sys
@@ -18,15 +21,29 @@ import warnings
 from collections.abc import Iterable
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wkd_lightning.checkpoints import check_run_checkpoint
 from wkd_lightning.detection import DetectionDistillationModule
 from wkd_lightning.distributed import DEFAULT_TIMEOUT_S, explain_collective_failure, set_process_group_timeout
+from wkd_lightning.errors import user_errors_as_messages
+from wkd_lightning.healthy import FiniteModelCheckpoint
 from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
 from wkd_lightning.module import DistillationModule
+from wkd_lightning.recipe import RecipeCheck, plain, recipe_of
+from wkd_lightning.rundirs import (
+    EVALUATION_COMMANDS,
+    earlier_fit_files,
+    evaluation_dir,
+    next_version_dir,
+    refuse_used_run_dir,
+    shared_across_ranks,
+)
+from wkd_lightning.schedules import resolve_lr_scheduler
 from wkd_lightning.summary import RunSummary
 from wkd_lightning.tracking import RunCSVLogger, check_wandb_reachable
 
@@ -34,6 +51,10 @@ from wkd_lightning.tracking import RunCSVLogger, check_wandb_reachable
 def checkpoint_dir(default_root_dir: str | None) -> str:
     """``<run dir>/checkpoints``; the run dir defaults to the working directory, as in Lightning."""
     return os.path.join(default_root_dir or os.getcwd(), "checkpoints")
+
+
+#: The callbacks whose folder is the run's checkpoint folder.
+CHECKPOINT_GROUPS = ("checkpoint", "last_checkpoint", "interrupt")
 
 
 class WKDCLI(LightningCLI):
@@ -46,8 +67,9 @@ class WKDCLI(LightningCLI):
         monitor = self.model_class.monitor
         # Two checkpoint callbacks: Lightning 2.6's `save_last` of a monitoring ModelCheckpoint only refreshes
         # last.ckpt in epochs where the monitored metric improved, so `last` gets its own unmonitored callback.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        # FiniteModelCheckpoint: a diverged run (NaN/inf weights) keeps its last healthy files.
+        parser.add_lightning_class_args(FiniteModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FiniteModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": monitor,
@@ -70,11 +92,55 @@ class WKDCLI(LightningCLI):
             "for strategies given by name (ddp, ddp_spawn, fsdp, ...): a rank that died or hangs ends the run "
             "instead of blocking the others forever.",
         )
-        for group in ("checkpoint", "last_checkpoint", "interrupt"):
+        parser.add_argument(
+            "--new_version",
+            type=bool,
+            default=False,
+            help="fit: when the run directory already holds an earlier fit (checkpoints, summary.json), start over "
+            "in its first free version_<N> subfolder instead of refusing; --ckpt_path last resumes instead.",
+        )
+        parser.add_argument(
+            "--allow_changed_recipe",
+            type=bool,
+            default=False,
+            help="fit --ckpt_path: resume even when the model config (student, teacher, losses and their settings) "
+            "differs from the one the checkpoint was trained with (a warning instead of an error).",
+        )
+        for group in CHECKPOINT_GROUPS:
             parser.link_arguments("trainer.default_root_dir", f"{group}.dirpath", compute_fn=checkpoint_dir)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Lightning's parsing, but ``--print_config`` prints after :meth:`before_instantiate_classes` has resolved
+        the config (the LR schedule's epochs), so that it shows the values the run would use."""
+        self._print_config = None
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(argv):
+            if arg == "--print_config" or arg.startswith("--print_config="):
+                self._print_config = arg.partition("=")[2]
+                del argv[i]
+                break
+        self._one_batch_limits = one_batch_limits(argv)
+        self.config = parser.parse_args(argv)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        resolve_lr_scheduler(config.model.get("lr_scheduler"), config.trainer.get("max_epochs"))
+        for key in getattr(self, "_one_batch_limits", ()):  # set on the trainer (instantiation would make it 1.0)
+            warnings.warn(
+                f"--trainer.{key} 1: the CLI reads limits as floats, and Lightning reads the float 1.0 as 100 % of the "
+                f"batches; taken as 1 batch, as typed. Write 1.0 for all batches.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self._print_config is not None:
+            subparser = self.parser._subcommands_action._name_parser_map[self.subcommand]
+            skip_none = "skip_null" in self._print_config.split(",")
+            sys.stdout.write(subparser.dump(config, skip_none=skip_none))
+            sys.exit(0)
+        self._check_resumed_checkpoint(config)
+        self._choose_run_dir(config)
         if self.subcommand and config.get("weights_only") is None:
             config.weights_only = True  # resumed/evaluated checkpoints are read without unpickling code
         model = config.model
@@ -84,6 +150,65 @@ class WKDCLI(LightningCLI):
                 "random weights. Pass --model.teacher_weights PATH (e.g. runs/fashion_mnist/teacher/checkpoints/"
                 "best.ckpt after `wkd fit -c configs/fashion_mnist/teacher.yaml`)."
             )
+
+    def _parse_ckpt_path(self) -> None:
+        """One rule for the model options a checkpoint stores (``teacher_weights``, ``label_smoothing``, ...): the
+        command line and config files win, as ``--print_config`` shows them; a stored value that differs is named
+        in a warning. (Lightning's own rule, replaced here, silently let the checkpoint's values win.) A damaged or
+        truncated ``--ckpt_path`` file is refused first, with a message naming it."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not (isinstance(ckpt_path, str) and os.path.isfile(ckpt_path)):
+            return
+        check_run_checkpoint(ckpt_path)
+        stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
+        model = self.config[subcommand].get("model") or {}
+        for key, value in stored.items():
+            if key in model and not key.startswith("_") and plain(model[key]) != plain(value):
+                warnings.warn(
+                    f"--ckpt_path {ckpt_path}: model.{key} is {model[key]!r} in this command but {value!r} in the "
+                    f"checkpoint; the command's value is used (as --print_config shows). Pass --model.{key} "
+                    f"{value!r} to use the checkpoint's.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+    def before_fit(self) -> None:
+        """Every checkpoint of the fit stores its recipe; a resume compares it (:mod:`wkd_lightning.recipe`)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.trainer.callbacks.append(RecipeCheck(recipe_of(config.model), config.get("allow_changed_recipe", False)))
+
+    def _choose_run_dir(self, config) -> None:
+        """A fresh fit into a used run directory is refused or versioned; an evaluation writes beside the run."""
+        root = config.trainer.get("default_root_dir") or os.getcwd()
+        if self.subcommand == "fit" and config.get("ckpt_path") is None and not config.trainer.get("fast_dev_run"):
+            if earlier_fit_files(root):
+                if not config.get("new_version"):
+                    refuse_used_run_dir(root, command=self._command_name())
+                root = shared_across_ranks("WKD_NEW_VERSION_DIR", lambda: next_version_dir(root))
+                config.trainer.default_root_dir = root
+                for group in CHECKPOINT_GROUPS:
+                    config[group].dirpath = checkpoint_dir(root)
+        elif self.subcommand in EVALUATION_COMMANDS:
+            # Only the trainer's folder moves (config.yaml, metrics.csv); `--ckpt_path last|best` still finds the run's
+            # checkpoints through the checkpoint callbacks' dirpath.
+            config.trainer.default_root_dir = shared_across_ranks(
+                "WKD_EVALUATION_DIR", lambda: evaluation_dir(root, self.subcommand)
+            )
+
+    def _check_resumed_checkpoint(self, config) -> None:
+        """A damaged or truncated ``--ckpt_path`` (``last``: the newest ``last*.ckpt``, as Lightning picks it) is
+        refused with a message naming the file, before anything is built."""
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            folder = config.get("last_checkpoint", {}).get("dirpath") or checkpoint_dir(config.trainer.default_root_dir)
+            candidates = glob.glob(os.path.join(folder, "last*.ckpt"))
+            ckpt_path = max(candidates, key=os.path.getmtime) if candidates else None
+        if isinstance(ckpt_path, str) and os.path.isfile(ckpt_path):
+            check_run_checkpoint(ckpt_path)
+
+    def _command_name(self) -> str:
+        return "wkd-det fit" if issubclass(self.model_class, DetectionDistillationModule) else "wkd fit"
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -98,10 +223,29 @@ class WKDCLI(LightningCLI):
             check_wandb_reachable(loggers)
             kwargs["logger"] = loggers
         trainer = super().instantiate_trainer(**kwargs)
+        for key in getattr(self, "_one_batch_limits", ()):
+            setattr(trainer, key, 1)  # read by Lightning when the loaders are set up
         if isinstance(trainer_config.get("strategy", "auto"), str):  # a Strategy object keeps its own timeout
             config = self.config[self.subcommand] if self.subcommand else self.config
             set_process_group_timeout(trainer.strategy, config.get("ddp_timeout", DEFAULT_TIMEOUT_S))
         return trainer
+
+
+#: Lightning's batch limits: an int is a count of batches, a float a fraction (1.0: all of them).
+BATCH_LIMITS = tuple(f"limit_{stage}_batches" for stage in ("train", "val", "test", "predict"))
+
+
+def one_batch_limits(argv: list[str]) -> list[str]:
+    """The batch limits typed as ``1`` on the command line (``--trainer.limit_train_batches 1`` or ``=1``)."""
+    typed = {}  # the last value typed for each limit (the one that counts)
+    for i, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if not equals:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        key = name.removeprefix("--trainer.")
+        if name.startswith("--trainer.") and key in BATCH_LIMITS:
+            typed[key] = value.strip()
+    return [key for key, value in typed.items() if value == "1"]
 
 
 def make_cli(
@@ -131,17 +275,20 @@ def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
 
     A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention; Ctrl-C: 130), not Lightning's 0,
     so that job schedulers and scripts can tell an interrupted run from a finished one. A collective that failed
-    because another rank died or hung ends with one message that says so.
+    because another rank died or hung ends with one message that says so. A bad input (a wrong config value, a
+    missing or damaged file, a used run directory) ends with its message alone and exit status 1; ``--debug`` or
+    ``WKD_DEBUG=1`` shows the traceback (:mod:`wkd_lightning.errors`).
     """
-    try:
-        make_cli(model_class=model_class)
-    except SIGTERMException as stop:  # RunInterrupted carries the signal (Ctrl-C: 130); Lightning's own: SIGTERM
-        sys.exit(128 + getattr(stop, "signum", signal.SIGTERM))
-    except RuntimeError as error:
-        explanation = explain_collective_failure(error)
-        if explanation is None:
-            raise
-        raise SystemExit(f"wkd: {explanation}") from error
+    with user_errors_as_messages():
+        try:
+            make_cli(model_class=model_class)
+        except SIGTERMException as stop:  # RunInterrupted carries the signal (Ctrl-C: 130); Lightning's: SIGTERM
+            sys.exit(128 + getattr(stop, "signum", signal.SIGTERM))
+        except RuntimeError as error:
+            explanation = explain_collective_failure(error)
+            if explanation is None:
+                raise
+            raise SystemExit(f"wkd: {explanation}") from error
 
 
 def detection_main() -> None:

@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wkd_lightning.distributed import explain_collective_failure
+from wkd_lightning.healthy import divergence_advice, non_finite_tensors
 
 INTERRUPTED_NAME = "last-interrupted.ckpt"
 #: The signals that stop a fit: a scheduler's SIGTERM and a terminal's Ctrl-C.
@@ -105,6 +106,10 @@ class InterruptCheckpoint(L.Callback):
         super().__init__()
         self.dirpath = dirpath
         self._batches_this_epoch = 0
+        self._training_started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training_started = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._batches_this_epoch = 0
@@ -118,12 +123,19 @@ class InterruptCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.fast_dev_run:
             return
+        if not self._training_started:
+            return  # a config or data error before the first step: nothing to resume, no advice that misleads
+        user_stop = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
+        then = "Resume with the same command and" if user_stop else "Once the cause is fixed, resume with"
         if self._batches_this_epoch == 0:
             # Nothing trained since the epoch-end last.ckpt; a checkpoint now would record the epoch as started
             # with the previous epoch's batch count, and a resume from it would skip the epoch.
-            rank_zero_warn(
-                f"training stopped ({type(exception).__name__}); resume from last.ckpt with `--ckpt_path last`."
-            )
+            if os.path.isfile(os.path.join(os.path.dirname(self._path(trainer)), "last.ckpt")):
+                rank_zero_warn(f"training stopped ({type(exception).__name__}). {then} `--ckpt_path last`.")
+            return
+        bad = non_finite_tensors(pl_module)
+        if bad:
+            rank_zero_warn(f"training stopped ({type(exception).__name__}); nothing saved: {divergence_advice(bad)}")
             return
         path = self._path(trainer)
         # Not trainer.save_checkpoint: its barrier would wait forever for a rank that failed or stopped elsewhere.
@@ -131,10 +143,7 @@ class InterruptCheckpoint(L.Callback):
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)  # optimizer, schedulers, loops
         if trainer.is_global_zero:
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
-        rank_zero_warn(
-            f"training stopped ({type(exception).__name__}); saved {path}. Resume with the same command and "
-            "`--ckpt_path last`."
-        )
+        rank_zero_warn(f"training stopped ({type(exception).__name__}); saved {path}. {then} `--ckpt_path last`.")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and os.path.isfile(self._path(trainer)):

@@ -61,7 +61,7 @@ class RunSummary(L.Callback):
             "metric": self.metric,
             f"best_{key}": metrics.get(f"{self.metric}_best", metrics[self.metric]),
             f"last_{key}": metrics[self.metric],
-            **({"last_val_top5": metrics.get("val/top5")} if self.metric == "val/top1" else {}),
+            **(self._top5(log_dir, metrics.get("val/top5")) if self.metric == "val/top1" else {}),
             "epochs": trainer.current_epoch + (0 if complete else 1),
             "complete": complete,
             "student": type(getattr(pl_module, "student", pl_module)).__name__,
@@ -70,7 +70,20 @@ class RunSummary(L.Callback):
         }
         log_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(log_dir / SUMMARY_FILE, json.dumps(summary, indent=2))  # a reader never sees half
+        if complete:
+            print(result_line(summary), flush=True)
 
+    @staticmethod
+    def _top5(log_dir: Path, last: float | None) -> dict:
+        """``last_val_top5`` and ``best_val_top5`` (the highest of every epoch; a resumed run continues the record of
+        its summary.json, which belongs to this run since a fresh fit into a used run directory is refused)."""
+        if last is None:
+            return {"last_val_top5": None}
+        try:
+            earlier = json.loads((log_dir / SUMMARY_FILE).read_text()).get("best_val_top5")
+        except (OSError, ValueError):
+            earlier = None
+        return {"last_val_top5": last, "best_val_top5": max(last, earlier) if earlier is not None else last}
 
     @staticmethod
     def _mark_complete(log_dir: Path, epochs: int) -> None:
@@ -78,6 +91,18 @@ class RunSummary(L.Callback):
             summary = read_summary(log_dir)
             if summary.get("epochs") == epochs:
                 write_text_atomically(log_dir / SUMMARY_FILE, json.dumps({**summary, "complete": True}, indent=2))
+
+
+def result_line(summary: dict) -> str:
+    """``best top-1 85.12 %, last top-1 85.00 % · best top-5 99.10 %, last top-5 99.00 % (15 epochs)``."""
+    metric = summary.get("metric", "val/top1")
+    name, key = METRIC_NAMES.get(metric, metric), metric.replace("/", "_")
+    parts = [f"best {name} {100 * summary[f'best_{key}']:.2f} %, last {name} {100 * summary[f'last_{key}']:.2f} %"]
+    if summary.get("best_val_top5") is not None:
+        parts.append(
+            f"best top-5 {100 * summary['best_val_top5']:.2f} %, last top-5 {100 * summary['last_val_top5']:.2f} %"
+        )
+    return f"{' · '.join(parts)} ({summary['epochs']} epochs)"
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict:

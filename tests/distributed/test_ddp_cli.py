@@ -40,6 +40,12 @@ def fit_args(config: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["wkd", "fit", "-c", str(config), f"--trainer.default_root_dir={run_dir}", *QUIET, *extra]
 
 
+def evaluation_metrics(run_dir: Path, stage: str) -> Path:
+    """The metrics.csv of the one ``wkd validate|test`` into ``run_dir`` (written to ``<run_dir>/<stage>/<time>/``)."""
+    (evaluation,) = (run_dir / stage).iterdir()
+    return evaluation / "metrics.csv"
+
+
 def last_row(metrics: Path, key: str) -> float:
     with open(metrics, newline="") as file:
         return float([row for row in csv.DictReader(file) if row.get(key)][-1][key])
@@ -80,7 +86,9 @@ def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
         ],
         tmp_path / "validate1.log",
     )
-    assert last_row(single_dir / "metrics.csv", "val/top1") == pytest.approx(summary["last_val_top1"], abs=1e-7)
+    assert last_row(evaluation_metrics(single_dir, "validate"), "val/top1") == pytest.approx(
+        summary["last_val_top1"], abs=1e-7
+    )
 
     run_ok(
         fit_args(config, run_dir, *ddp(devices), "--trainer.max_epochs=3", "--ckpt_path=last"), tmp_path / "resume.log"
@@ -98,7 +106,7 @@ def test_ddp_fit_resume_validate_test(devices, tmp_path, fashion_dir):
             out = tmp_path / name
             args = ["wkd", stage, "-c", str(config), f"--trainer.default_root_dir={out}", *QUIET, checkpoint, *extra]
             run_ok(args, tmp_path / f"{name}.log")
-            values.append(last_row(out / "metrics.csv", key))
+            values.append(last_row(evaluation_metrics(out, stage), key))
         assert values[0] == pytest.approx(values[1], abs=1e-7)
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import yaml
 
 from tests.distributed.launch import QUIET, run_ok
-from tests.distributed.test_ddp_cli import ddp, last_row
+from tests.distributed.test_ddp_cli import ddp, evaluation_metrics, last_row
 from tests.test_cli import ROOT
 
 pytestmark = [
@@ -89,7 +89,7 @@ def test_wkd_det_fit_resume_and_validate_with_ddp(tmp_path, coco_root):
             ],
             tmp_path / f"validate-{name}.log",
         )
-        values.append(last_row(out / "metrics.csv", "val/map"))
+        values.append(last_row(evaluation_metrics(out, "validate"), "val/map"))
     assert values[0] == pytest.approx(values[1], abs=1e-6)
 
 

@@ -43,6 +43,7 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.data.sampling import SeededDataset
 from wkd_lightning.detection.ir import extract_roi_class_features
+from wkd_lightning.errors import user_errors_as_messages
 from wkd_lightning.files import replaced_atomically
 from wkd_lightning.ir.extract import LOGITS, extract_class_features
 from wkd_lightning.ir.heatmap import plot_cost_heatmap
@@ -101,6 +102,13 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--output_dir", type=str, default="runs/ir", help="where the .pt and .png files go.")
     parser.add_argument(
+        "--overwrite",
+        type=bool,
+        default=False,
+        help="replace cost files that already exist in --output_dir (by default they are kept and the run refused: "
+        "checkpoints trained on a cost record its hash, and a rebuilt cost would no longer match them).",
+    )
+    parser.add_argument(
         "--max_per_class", type=int | None, default=None, help="use at most this many training images per class."
     )
     parser.add_argument(
@@ -132,6 +140,13 @@ def main(args: Sequence[str] | None = None) -> dict[str, dict]:
         parser.error(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(CLI_METHODS)}.")
     if config.max_per_class is not None and config.max_per_class < 1:
         parser.error(f"--max_per_class must be >= 1, got {config.max_per_class}.")
+    existing = [str(Path(config.output_dir) / f"{m}.pt") for m in config.methods]
+    existing = [path for path in existing if os.path.isfile(path)]
+    if existing and not config.overwrite:
+        raise FileExistsError(
+            f"cost file(s) {', '.join(existing)} exist already; wkd-ir does not replace them (runs trained on them "
+            "record their hash). Pass --overwrite true to rebuild them, or another --output_dir."
+        )
     init = parser.instantiate(config) if hasattr(parser, "instantiate") else parser.instantiate_classes(config)
     teacher = FrozenTeacher(init.teacher, weights=config.teacher_weights)  # raises on a missing or wrong file
     datamodule: L.LightningDataModule = init.data
@@ -311,8 +326,10 @@ def _short(class_path: str) -> str:
 
 
 def cli_main() -> None:
-    """Console-script entry point of ``wkd-ir`` (returns nothing, so the shell sees exit status 0)."""
-    main()
+    """Console-script entry point of ``wkd-ir`` (returns nothing, so the shell sees exit status 0; a bad input: one
+    message and status 1, see :mod:`wkd_lightning.errors`)."""
+    with user_errors_as_messages():
+        main()
 
 
 if __name__ == "__main__":

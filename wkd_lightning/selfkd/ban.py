@@ -277,6 +277,7 @@ def build_cost(resolved: dict, weights: Path, output_dir: Path, method: str, lay
         "layer": layer or "logits",
         "methods": [method],
         "output_dir": str(output_dir),
+        "overwrite": True,  # only when the generation has not trained on a cost yet (a stale one is redone)
         "progress": False,
     }
     config_file = output_dir / "ir.yaml"
