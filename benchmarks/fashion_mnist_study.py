@@ -376,7 +376,9 @@ def derive_teacher_config(settings: Settings) -> dict:
 def derive_ir_config(settings: Settings, teacher_weights: str, ir_dir: Path) -> dict:
     """``configs/fashion_mnist/ir.yaml`` for the study's teacher: all :data:`IR_METHODS`, no progress bar."""
     config = load_yaml(CONFIGS / "ir.yaml")
+    # overwrite: the study runs wkd-ir only when its files are missing or belong to another teacher
     config.update(teacher_weights=teacher_weights, output_dir=rel(ir_dir), methods=list(IR_METHODS), progress=False)
+    config["overwrite"] = True
     data_args = config.setdefault("data", {}).setdefault("init_args", {})
     if settings.teacher_train_size is not None:
         data_args["train_size"] = settings.teacher_train_size

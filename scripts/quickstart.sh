@@ -19,8 +19,8 @@ fit() {  # fit CONFIG_NAME: train configs/fashion_mnist/NAME.yaml into runs/fash
 
 fit teacher
 if [ ! -f "$RUNS/ir/class_mean_cosine.pt" ]; then
-  echo "[quickstart] wkd-ir -c configs/fashion_mnist/ir.yaml"
-  wkd-ir -c configs/fashion_mnist/ir.yaml
+  echo "[quickstart] wkd-ir -c configs/fashion_mnist/ir.yaml --overwrite true"
+  wkd-ir -c configs/fashion_mnist/ir.yaml --overwrite true  # files of an interrupted earlier attempt are redone
 fi
 fit vanilla
 fit kd

@@ -81,7 +81,7 @@ class MultiStepLR(torch.optim.lr_scheduler.MultiStepLR):
     def __init__(
         self,
         optimizer: Optimizer,
-        milestones: list[float],
+        milestones: list[int | float],
         gamma: float = 0.1,
         last_epoch: int = -1,
     ) -> None:

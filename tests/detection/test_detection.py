@@ -238,7 +238,7 @@ def test_roi_class_features_and_the_ir_command(tmp_path, coco_root):
     ]
     results = ir_main(command)
     with pytest.raises(ValueError, match="box classifier has 4 outputs but the data has 19 classes"):
-        ir_main([*command, "--data.label_mapping=category_id"])
+        ir_main([*command, "--data.label_mapping=category_id", "--overwrite=true"])  # a rerun into the same folder
     for method, expected in (("class_mean_cosine", "box_head"), ("classifier_cosine", "cls_score")):
         record = torch.load(results[method]["pt"], weights_only=True)
         assert record["cost"].shape == (4, 4) and record["layer"].endswith(expected)
