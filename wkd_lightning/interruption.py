@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from types import FrameType
 
 import lightning as L
@@ -66,6 +67,8 @@ class StopOnSignal(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning installs its handlers just before the training stage and restores the earlier ones after fit.
         self.signum = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python takes signal handlers in the main thread only; Lightning's own handling stays
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
 
