@@ -29,7 +29,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wkd_lightning.checkpoints import check_run_checkpoint
 from wkd_lightning.detection import DetectionDistillationModule
-from wkd_lightning.distributed import DEFAULT_TIMEOUT_S, explain_collective_failure, set_process_group_timeout
+from wkd_lightning.distributed import (
+    DEFAULT_TIMEOUT_S,
+    end_process_group,
+    explain_collective_failure,
+    set_process_group_timeout,
+)
 from wkd_lightning.errors import user_errors_as_messages
 from wkd_lightning.healthy import FiniteModelCheckpoint
 from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
@@ -282,6 +287,7 @@ def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
     with user_errors_as_messages():
         try:
             make_cli(model_class=model_class)
+            end_process_group()
         except SIGTERMException as stop:  # RunInterrupted carries the signal (Ctrl-C: 130); Lightning's: SIGTERM
             sys.exit(128 + getattr(stop, "signum", signal.SIGTERM))
         except RuntimeError as error:

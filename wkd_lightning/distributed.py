@@ -33,6 +33,15 @@ def set_process_group_timeout(strategy: Strategy, seconds: float) -> None:
         strategy._timeout = timedelta(seconds=seconds)
 
 
+def end_process_group() -> None:
+    """Destroy the process group of a finished run before the interpreter exits; left to exit, gloo's threads were
+    seen to abort a torchrun worker ("terminate called without an active exception") after a successful fit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def explain_collective_failure(error: BaseException) -> str | None:
     """A user-facing explanation when ``error`` is a collective that lost a peer or timed out, or a start-up
     rendezvous that the other processes never joined; ``None`` for any other error."""

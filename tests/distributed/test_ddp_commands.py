@@ -94,7 +94,7 @@ def test_wkd_det_fit_resume_and_validate_with_ddp(tmp_path, coco_root):
 
 
 def test_wkd_ir_under_torchrun_writes_whole_files(tmp_path, fashion_dir):
-    """Under a launcher every rank computes the same matrices; each file is written atomically, so it loads."""
+    """Under a launcher rank 0 builds the matrices and the other ranks exit (they would find its files there)."""
     from wkd_lightning.models import mini_resnet14
 
     teacher = tmp_path / "teacher.pt"
@@ -105,7 +105,8 @@ def test_wkd_ir_under_torchrun_writes_whole_files(tmp_path, fashion_dir):
     path = tmp_path / "ir.yaml"
     path.write_text(yaml.safe_dump(config))
     wkd_ir = str(Path(sys.executable).parent / "wkd-ir")
-    run_ok(["torchrun", "--standalone", "--nproc-per-node=2", wkd_ir, "-c", str(path)], tmp_path / "ir.log")
+    finished = run_ok(["torchrun", "--standalone", "--nproc-per-node=2", wkd_ir, "-c", str(path)], tmp_path / "ir.log")
+    assert "rank 1 of 2 has nothing to do" in finished.output
     for method in config["methods"]:
         record = torch.load(tmp_path / "ir" / f"{method}.pt", weights_only=True)
         assert record["cost"].shape == (10, 10)

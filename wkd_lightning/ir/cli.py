@@ -327,7 +327,15 @@ def _short(class_path: str) -> str:
 
 def cli_main() -> None:
     """Console-script entry point of ``wkd-ir`` (returns nothing, so the shell sees exit status 0; a bad input: one
-    message and status 1, see :mod:`wkd_lightning.errors`)."""
+    message and status 1, see :mod:`wkd_lightning.errors`).
+
+    ``wkd-ir`` needs one process. Started by a multi-process launcher (torchrun, srun), rank 0 builds the files and
+    the other ranks exit at once: they would only redo the same work, and find rank 0's files already there.
+    """
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and rank != 0:
+        print(f"wkd-ir: rank {rank} of {world_size} has nothing to do; rank 0 builds the cost files.")
+        return
     with user_errors_as_messages():
         main()
 
