@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# The machines have 2 cores: 2 threads for one pytest process, 1 each when scripts/test.sh runs 2 xdist workers.
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -21,6 +21,7 @@ from tests.test_cli import ROOT
 pytestmark = [
     pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed"),
     pytest.mark.timeout(600),
+    pytest.mark.xdist_group("multiprocess"),  # one at a time: each starts several processes (scripts/test.sh)
     pytest.mark.slow,
 ]
 

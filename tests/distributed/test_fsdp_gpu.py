@@ -18,6 +18,7 @@ from tests.test_cli import ROOT
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a GPU (CUDA); none here"),
     pytest.mark.timeout(600),
+    pytest.mark.xdist_group("multiprocess"),  # one at a time: each starts several processes (scripts/test.sh)
 ]
 
 

@@ -51,6 +51,7 @@ def test_sbatch_lines_are_valid_options():
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.xdist_group("multiprocess")  # one at a time with the other multi-process tests (scripts/test.sh)
 @pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
 def test_template_runs_two_nodes_and_resumes(tmp_path, fashion_dir, monkeypatch):
     config = config_with(tmp_path, fashion_dir, batch_size=8)
