@@ -137,3 +137,22 @@ def test_keyed_losses_in_python_and_in_layers():
     assert keyed_losses_argv(["--model.losses", "{kd: {weight: 2}}", "-c", "x"]) == [
         "--model.losses.kd", '{"weight": 2}', "-c", "x"
     ]  # fmt: skip
+
+
+def test_a_resume_that_extends_the_run_keeps_the_recipe_of_a_fractional_schedule(tmp_path, fashion_dir):
+    """E0 = 0.6 of the run is epoch 1 of 1 and epoch 2 of 3: the recipe keeps the fraction, so the extension is no
+    change of recipe (as for the LR schedule)."""
+    from wkd_lightning.models import mini_resnet14
+
+    teacher = tmp_path / "teacher.pt"
+    torch.save(mini_resnet14().state_dict(), teacher)
+    run_dir = tmp_path / "run"
+    args = ["wkd", "fit", "-c", str(ROOT / "configs/fashion_mnist/wkd_l.yaml"), f"--model.teacher_weights={teacher}",
+            "--model.losses.wkd_l.cost=uniform", f"--data.data_dir={fashion_dir}", "--data.train_size=null",
+            "--data.num_workers=0", "--data.batch_size=16", f"--trainer.default_root_dir={run_dir}",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", *QUIET]  # fmt: skip
+    run_ok([*args, "--trainer.max_epochs=1"], tmp_path / "fit.log")
+    run_ok([*args, "--trainer.max_epochs=3", "--ckpt_path=last"], tmp_path / "resume.log")
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert last["epoch"] == 2  # 3 epochs done
+    assert last["wkd_recipe"]["losses"]["wkd_l"]["init_args"]["schedule"]["init_args"]["start_epoch"] == 0.6
