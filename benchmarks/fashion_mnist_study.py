@@ -42,7 +42,8 @@ methods of one seed share the subset and order, so per-seed differences between 
 **Schedules rescaled with the epoch budget.** The configs are written for 15 epochs. With ``--epochs E`` the study
 sets ``trainer.max_epochs = E`` and rescales every epoch count that depends on the run length by ``E / 15``
 (:func:`scale_schedules`): the cosine LR's ``T_max`` (= E, so the LR still reaches 0 at the end), WKD-L/WKD-F's
-``CosineDecay.start_epoch`` (E0 = 9 of 15, i.e. full weight for the first 60%), DKD's ``warmup_epochs`` (5 of 15)
+``CosineDecay.start_epoch`` (E0 = 9 of 15, i.e. full weight for the first 60%; the configs give it as the fraction
+0.6, which follows the run length by itself), DKD's ``warmup_epochs`` (5 of 15)
 and online self-KD's ``LinearWarmup.warmup_epochs`` (5 of 15), rounded half up, warm-ups at least 1.
 
 **Born-Again generations.** ``wkd-ban`` runs generation 0 (the student alone, cross-entropy only, seed s) and
@@ -85,6 +86,7 @@ from pathlib import Path
 
 import yaml
 
+from wkd_lightning.losses.base import keyed_loss_configs
 from wkd_lightning.summary import can_resume, is_complete
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,7 +282,8 @@ def scale_schedules(node, old_epochs: int, new_epochs: int):
     epochs (rounded half up, never below the argument's minimum, never above ``new_epochs``); returns ``node``.
 
     ``T_max`` equal to the old run length becomes the new run length exactly (the LR reaches its minimum at the end);
-    ``T_max: max_epochs`` (the shipped configs) follows the run length by itself and is left as it is.
+    ``T_max: max_epochs`` and a ``start_epoch`` given as a fraction of the run (the shipped configs) follow the run
+    length by themselves and are left as they are.
     """
     if isinstance(node, list):
         for item in node:
@@ -291,7 +294,8 @@ def scale_schedules(node, old_epochs: int, new_epochs: int):
         if name in EPOCH_ARGUMENTS and isinstance(init_args, dict) and EPOCH_ARGUMENTS[name][0] in init_args:
             key, minimum = EPOCH_ARGUMENTS[name]
             value = init_args[key]
-            if not isinstance(value, str):  # "max_epochs" follows the run length by itself
+            follows_run = isinstance(value, str) or (isinstance(value, float) and 0 < value < 1)
+            if not follows_run:  # "max_epochs" and fractions of the run follow the run length by themselves
                 scaled = new_epochs if value == old_epochs else round_half_up(value * new_epochs / old_epochs)
                 init_args[key] = min(max(scaled, minimum), new_epochs)
         for value in node.values():
@@ -302,7 +306,7 @@ def scale_schedules(node, old_epochs: int, new_epochs: int):
 def _set_wkd_logit_cost(model: dict, cost: str) -> int:
     """Point every ``WKDLogit`` loss of a config's model at ``cost``; returns how many there were."""
     count = 0
-    for loss in model.get("losses") or []:
+    for loss in keyed_loss_configs(model.get("losses")).values():
         if str(loss.get("class_path", "")).endswith("WKDLogit"):
             loss.setdefault("init_args", {})["cost"] = cost
             count += 1

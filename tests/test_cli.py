@@ -13,6 +13,7 @@ import yaml
 
 from wkd_lightning.cli import make_cli
 from wkd_lightning.data.fashion_mnist import DEFAULT_DIR
+from wkd_lightning.losses.base import keyed_loss_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -88,7 +89,7 @@ def localised_config(config: Path, tmp_path: Path, data_dir: Path) -> Path:
         if not teacher.exists():
             torch.save(_build(model["teacher"]).state_dict(), teacher)
         model["teacher_weights"] = str(teacher)
-    for loss in model.get("losses") or []:
+    for loss in keyed_loss_configs(model.get("losses")).values():
         loss_args = loss.get("init_args") or {}
         if isinstance(loss_args.get("cost"), str) and loss_args["cost"] != "uniform":
             cost = tmp_path / "cost.pt"

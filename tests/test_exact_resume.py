@@ -30,7 +30,7 @@ def epoch_rows(run_dir: Path) -> dict[str, dict[str, str]]:
 def test_interrupted_then_resumed_fit_equals_uninterrupted_fit(tmp_path, fashion_dir):
     path = localised_config(ROOT / "configs/fashion_mnist/wkd_lf.yaml", tmp_path, fashion_dir)
     config = yaml.safe_load(path.read_text())
-    for loss in config["model"]["losses"]:  # the weight decays from epoch 2 on, so a wrong schedule epoch shows
+    for loss in config["model"]["losses"].values():  # the weight decays from epoch 2 on: a wrong schedule epoch shows
         loss["init_args"]["schedule"]["init_args"]["start_epoch"] = 1
     config["model"]["lr_scheduler"]["init_args"]["T_max"] = 3
     config["data"]["init_args"].update(batch_size=16, num_workers=1)  # a worker process, as in real runs

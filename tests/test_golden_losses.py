@@ -49,6 +49,7 @@ import yaml
 from torch import nn
 
 from wkd_lightning.cli import make_cli
+from wkd_lightning.losses.base import keyed_loss_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -154,7 +155,7 @@ def prepare_config(config: Path, tmp_path: Path) -> tuple[Path, dict]:
     if model.get("teacher") is not None:
         model["teacher_weights"] = str(write_teacher_weights(model["teacher"], tmp_path / "teacher.pt"))
     cost_file = tmp_path / "cost.pt"
-    for loss in model.get("losses") or []:
+    for loss in keyed_loss_configs(model.get("losses")).values():
         init_args = loss.get("init_args") or {}
         cost = init_args.get("cost")
         if isinstance(cost, str) and cost != "uniform":

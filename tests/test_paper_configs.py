@@ -27,7 +27,7 @@ from wkd_lightning.ir.cli import build_parser
 from wkd_lightning.ir.cli import main as wkd_ir
 from wkd_lightning.losses import CosineDecay, load_cost
 from wkd_lightning.models import model_info
-from wkd_lightning.schedules import milestone_epochs
+from wkd_lightning.schedules import epoch_of, milestone_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -201,13 +201,18 @@ def recipe_of(cfg: dict) -> dict:
         "ce_weight": model.get("ce_weight", 1.0),  # the module's default
     }
     starts = set()
-    for loss in model.get("losses") or []:
+    losses = model.get("losses") or {}
+    assert isinstance(losses, dict), "losses keyed (model.losses.<key>), so one loss can be addressed"
+    for key, loss in losses.items():
         prefix = LOSS_PREFIX[loss["class_path"]]
+        assert key == prefix, f"the {loss['class_path']} loss is keyed {key!r}, not {prefix!r}"
         args = dict(loss.get("init_args") or {})
         schedule = args.pop("schedule", None)
         if schedule is not None:
             assert schedule["class_path"] == "wkd_lightning.losses.CosineDecay"
-            starts.add(schedule["init_args"]["start_epoch"])
+            start = schedule["init_args"]["start_epoch"]
+            assert start == 0 or 0 < start < 1, f"E0 {start}: a fraction of the run (0 is the same in any run)"
+            starts.add(epoch_of(start, cfg["trainer"]["max_epochs"], "E0"))  # the epoch the run resolves it to
         if prefix == "wkd_l":
             args["cost"] = Path(args["cost"]).stem
         if prefix == "wkd_f":
@@ -351,7 +356,9 @@ def test_header_wkd_ir_command_writes_the_cost_the_config_reads(row):
         assert ns.layer == (LAST_STAGE[row["teacher"]] if dataset == "cifar100" else "logits")
     else:
         assert ns.layer == "avgpool"
-    (cost,) = [loss["init_args"]["cost"] for loss in cfg["model"]["losses"] if loss["class_path"].endswith("WKDLogit")]
+    (cost,) = [
+        loss["init_args"]["cost"] for loss in cfg["model"]["losses"].values() if loss["class_path"].endswith("WKDLogit")
+    ]
     assert f"{ns.output_dir}/{method}.pt" == cost
 
 

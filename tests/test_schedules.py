@@ -1,11 +1,20 @@
-"""LR schedules that follow the run length (wkd_lightning.schedules); the CLI side is in tests/test_cli_runs.py."""
+"""Schedules that follow the run length (wkd_lightning.schedules, CosineDecay); the CLI side is in
+tests/test_cli_runs.py and tests/test_cli_overrides.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from wkd_lightning.schedules import CosineAnnealingLR, MultiStepLR, milestone_epochs, resolve_lr_scheduler
+from wkd_lightning.losses import CosineDecay
+from wkd_lightning.schedules import (
+    CosineAnnealingLR,
+    MultiStepLR,
+    epoch_of,
+    milestone_epochs,
+    resolve_loss_schedules,
+    resolve_lr_scheduler,
+)
 
 
 def test_fractions_become_the_release_epochs_at_the_default_run_length():
@@ -33,3 +42,30 @@ def test_unresolved_values_are_errors_that_say_so():
         CosineAnnealingLR(optimizer)
     with pytest.raises(ValueError, match="neither a fraction of the run"):
         milestone_epochs([1.5], 10)
+
+
+def test_loss_weight_decay_start_is_a_fraction_of_the_run_or_pinned():
+    """CosineDecay's E0 follows the run length by epoch_of's rule: a fraction in (0, 1) of the run, else an epoch."""
+    assert [epoch_of(v, 240, "E0") for v in (0.625, 150, 150.0, 0, 0.0)] == [150, 150, 150, 0, 0]
+    assert epoch_of(0.6, 15, "E0") == 9 and epoch_of(0.6, 30, "E0") == 18
+    follows, pinned = CosineDecay(start_epoch=0.6), CosineDecay(start_epoch=9)
+    assert follows(9, 15) == pinned(9, 15) == 1.0 and follows(10, 15) == pinned(10, 15) < 1.0
+    assert follows(18, 30) == 1.0 and follows(19, 30) < 1.0 and pinned(10, 30) < 1.0  # in Python: per call
+    for bad, message in ((-1, "is negative"), (1.5, "is neither a fraction"), ("9", "is neither a fraction")):
+        with pytest.raises(ValueError, match=f"CosineDecay: start_epoch -?'?[0-9.]+'? {message}"):
+            CosineDecay(start_epoch=bad)
+
+
+def test_loss_schedules_of_a_config_resolve_against_the_run_length():
+    def loss(start):
+        schedule = {"class_path": "wkd_lightning.losses.CosineDecay", "init_args": {"start_epoch": start}}
+        return {"class_path": "wkd_lightning.losses.WKDLogit", "init_args": {"schedule": schedule}}
+
+    warmup = {"class_path": "wkd_lightning.losses.LinearWarmup", "init_args": {"warmup_epochs": 5}}
+    losses = {"wkd_l": loss(0.625), "wkd_f": loss(30), "kd": {"class_path": "KD", "init_args": {"schedule": warmup}}}
+    resolve_loss_schedules(losses, 240)
+    starts = [losses[k]["init_args"]["schedule"]["init_args"]["start_epoch"] for k in ("wkd_l", "wkd_f")]
+    assert starts == [150, 30] and warmup["init_args"] == {"warmup_epochs": 5}  # other schedules left alone
+    listed = [loss(0.5)]
+    resolve_loss_schedules(listed, 12)  # a list (wkd-det's form) too
+    assert listed[0]["init_args"]["schedule"]["init_args"]["start_epoch"] == 6

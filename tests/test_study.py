@@ -12,7 +12,8 @@ import torch
 import yaml
 from study_module import load_study
 
-from wkd_lightning.schedules import cosine_length
+from wkd_lightning.losses.base import keyed_loss_configs
+from wkd_lightning.schedules import cosine_length, epoch_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +132,8 @@ def test_read_val_curve_keeps_one_value_per_epoch(tmp_path):
 
 
 def losses_of(config: dict) -> dict[str, dict]:
-    return {loss["class_path"].rsplit(".", 1)[-1]: loss.get("init_args", {}) for loss in config["model"]["losses"]}
+    losses = keyed_loss_configs(config["model"]["losses"]).values()
+    return {loss["class_path"].rsplit(".", 1)[-1]: loss.get("init_args", {}) for loss in losses}
 
 
 @pytest.mark.parametrize(("epochs", "start_epoch", "warmup"), [(15, 9, 5), (12, 7, 4), (10, 6, 3), (2, 1, 1)])
@@ -147,10 +149,11 @@ def test_schedules_are_rescaled_with_the_epoch_budget(tmp_path, epochs, start_ep
         assert fit["data"]["init_args"]["train_size"] == 6000
     for name in ("wkd_l_cka_paired", "wkd_f", "wkd_lf"):
         for loss in losses_of(derived[name]).values():
-            assert loss["schedule"]["init_args"]["start_epoch"] == start_epoch
+            assert epoch_of(loss["schedule"]["init_args"]["start_epoch"], epochs, "E0") == start_epoch
     assert losses_of(derived["dkd"])["DKD"]["warmup_epochs"] == warmup
     assert losses_of(derived["self_kd_online"])["WKDLogit"]["schedule"]["init_args"]["warmup_epochs"] == warmup
-    assert losses_of(derived["ban_wkd_l"]["fit"])["WKDLogit"]["schedule"]["init_args"]["start_epoch"] == start_epoch
+    ban_start = losses_of(derived["ban_wkd_l"]["fit"])["WKDLogit"]["schedule"]["init_args"]["start_epoch"]
+    assert epoch_of(ban_start, epochs, "E0") == start_epoch
 
     # The teacher and the WKD-L costs are filled in.
     assert derived["kd"]["model"]["teacher_weights"] == "teacher.ckpt"

@@ -14,6 +14,7 @@ in the run directory is always kept.
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import signal
 import sys
@@ -22,12 +23,14 @@ from collections.abc import Iterable
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wkd_lightning.checkpoints import check_run_checkpoint
+from wkd_lightning.config_layers import LOSSES_OPTION, WKDArgumentParser, keyed_losses_argv
 from wkd_lightning.detection import DetectionDistillationModule
 from wkd_lightning.distributed import (
     DEFAULT_TIMEOUT_S,
@@ -38,6 +41,8 @@ from wkd_lightning.distributed import (
 from wkd_lightning.errors import user_errors_as_messages
 from wkd_lightning.healthy import FiniteModelCheckpoint
 from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
+from wkd_lightning.losses.base import DistillationLoss
+from wkd_lightning.losses.schedule import WeightSchedule
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.recipe import RecipeCheck, plain, recipe_of
 from wkd_lightning.rundirs import (
@@ -48,7 +53,7 @@ from wkd_lightning.rundirs import (
     refuse_used_run_dir,
     shared_across_ranks,
 )
-from wkd_lightning.schedules import resolve_lr_scheduler
+from wkd_lightning.schedules import resolve_loss_schedules, resolve_lr_scheduler
 from wkd_lightning.summary import RunSummary
 from wkd_lightning.tracking import RunCSVLogger, check_wandb_reachable
 
@@ -116,7 +121,8 @@ class WKDCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Lightning's parsing, but ``--print_config`` prints after :meth:`before_instantiate_classes` has resolved
-        the config (the LR schedule's epochs), so that it shows the values the run would use."""
+        the config (the schedules' epochs), so that it shows the values the run would use; a whole
+        ``--model.losses VALUE`` is layered as a config file's is (:mod:`wkd_lightning.config_layers`)."""
         self._print_config = None
         if isinstance(args, (dict, Namespace)):
             return super().parse_arguments(parser, args)
@@ -126,16 +132,30 @@ class WKDCLI(LightningCLI):
                 self._print_config = arg.partition("=")[2]
                 del argv[i]
                 break
+        fit_parser = parser._subcommands_action._name_parser_map.get("fit") if parser._subcommands_action else parser
+        if isinstance(fit_parser, WKDArgumentParser) and fit_parser._keyed_losses():
+            refuse_unkeyed_loss_options(argv)
+            argv = keyed_losses_argv(argv)
         self._one_batch_limits = one_batch_limits(argv)
         self.config = parser.parse_args(argv)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        resolve_lr_scheduler(config.model.get("lr_scheduler"), config.trainer.get("max_epochs"))
-        for key in getattr(self, "_one_batch_limits", ()):  # set on the trainer (instantiation would make it 1.0)
-            warnings.warn(
-                f"--trainer.{key} 1: the CLI reads limits as floats, and Lightning reads the float 1.0 as 100 % of the "
-                f"batches; taken as 1 batch, as typed. Write 1.0 for all batches.",
+        max_epochs = config.trainer.get("max_epochs")
+        resolve_lr_scheduler(config.model.get("lr_scheduler"), max_epochs)
+        losses = config.model.get("losses")
+        if isinstance(losses, dict):  # `<key>: null` in a layer removed that loss
+            config.model.losses = {key: loss for key, loss in losses.items() if loss is not None}
+        # The recipe keeps the loss schedules as configured (a fraction of the run): a resume may extend a run.
+        self._recipe_model = config.model.clone()
+        resolve_loss_schedules(config.model.get("losses"), max_epochs)
+        for key, source in getattr(self, "_one_batch_limits", {}).items():
+            if config.trainer.get(key) != 1:
+                continue
+            warnings.warn(  # set on the trainer (instantiation would make it 1.0)
+                f"{source}: the CLI reads limits as floats, and Lightning reads the float 1.0 as 100 % of the "
+                f"batches; taken as 1 batch, as {'typed' if source.startswith('--') else 'written'}. Write 1.0 for "
+                "all batches.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -181,7 +201,8 @@ class WKDCLI(LightningCLI):
     def before_fit(self) -> None:
         """Every checkpoint of the fit stores its recipe; a resume compares it (:mod:`wkd_lightning.recipe`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        self.trainer.callbacks.append(RecipeCheck(recipe_of(config.model), config.get("allow_changed_recipe", False)))
+        model = getattr(self, "_recipe_model", config.model)  # before the loss schedules' epochs were resolved
+        self.trainer.callbacks.append(RecipeCheck(recipe_of(model), config.get("allow_changed_recipe", False)))
 
     def _choose_run_dir(self, config) -> None:
         """A fresh fit into a used run directory is refused or versioned; an evaluation writes beside the run."""
@@ -228,8 +249,10 @@ class WKDCLI(LightningCLI):
             check_wandb_reachable(loggers)
             kwargs["logger"] = loggers
         trainer = super().instantiate_trainer(**kwargs)
-        for key in getattr(self, "_one_batch_limits", ()):
-            setattr(trainer, key, 1)  # read by Lightning when the loaders are set up
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for key in getattr(self, "_one_batch_limits", {}):
+            if config.trainer.get(key) == 1:
+                setattr(trainer, key, 1)  # read by Lightning when the loaders are set up
         if isinstance(trainer_config.get("strategy", "auto"), str):  # a Strategy object keeps its own timeout
             config = self.config[self.subcommand] if self.subcommand else self.config
             set_process_group_timeout(trainer.strategy, config.get("ddp_timeout", DEFAULT_TIMEOUT_S))
@@ -240,17 +263,67 @@ class WKDCLI(LightningCLI):
 BATCH_LIMITS = tuple(f"limit_{stage}_batches" for stage in ("train", "val", "test", "predict"))
 
 
-def one_batch_limits(argv: list[str]) -> list[str]:
-    """The batch limits typed as ``1`` on the command line (``--trainer.limit_train_batches 1`` or ``=1``)."""
-    typed = {}  # the last value typed for each limit (the one that counts)
+def one_batch_limits(argv: list[str]) -> dict[str, str]:
+    """The batch limits given as ``1``, each with where it was given: on the command line
+    (``--trainer.limit_train_batches 1`` or ``=1``) or as an integer in a config file (``limit_train_batches: 1`` in
+    the ``trainer:`` of a ``-c``/``--config`` file; ``1.0`` there means all batches). The last layer that sets a
+    limit counts, as in the parsing."""
+    typed = {}  # the last value given for each limit (the one that counts) -> where, when it is a 1
     for i, arg in enumerate(argv):
         name, equals, value = arg.partition("=")
         if not equals:
             value = argv[i + 1] if i + 1 < len(argv) else ""
         key = name.removeprefix("--trainer.")
         if name.startswith("--trainer.") and key in BATCH_LIMITS:
-            typed[key] = value.strip()
-    return [key for key, value in typed.items() if value == "1"]
+            typed[key] = f"--trainer.{key} 1" if value.strip() == "1" else None
+        elif name in ("-c", "--config"):
+            for key, given in config_file_limits(value).items():
+                typed[key] = f"trainer.{key}: 1 in {value}" if type(given) is int and given == 1 else None
+    return {key: source for key, source in typed.items() if source is not None}
+
+
+def config_file_limits(path: str) -> dict:
+    """The batch limits in the ``trainer:`` section of a config file, as written (``{}`` if it cannot be read: the
+    parser reports that)."""
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except (OSError, yaml.YAMLError):
+        return {}
+    trainer = data.get("trainer") if isinstance(data, dict) else None
+    return {key: trainer[key] for key in BATCH_LIMITS if key in trainer} if isinstance(trainer, dict) else {}
+
+
+def refuse_unkeyed_loss_options(argv: list[str]) -> None:
+    """A ``--model.losses.<setting>`` without a loss key (``--model.losses.weight 5``, the list-era form that changed
+    only the last loss) is an error that shows the keyed form.
+
+    Raises:
+        ValueError: naming the option and the form to use.
+    """
+    settings = {"class_path", "init_args", "dict_kwargs"} | loss_setting_names()
+    for arg in argv:
+        name = arg.partition("=")[0]
+        if name.startswith(LOSSES_OPTION + "."):
+            first = name[len(LOSSES_OPTION) + 1 :].split(".")[0]
+            if first in settings:
+                rest = name[len(LOSSES_OPTION) + 1 :]
+                raise ValueError(
+                    f"{name}: losses are keyed, so name the loss: {LOSSES_OPTION}.<key>.{rest} (e.g. "
+                    f"{LOSSES_OPTION}.wkd_l.{rest}). The keys are those under model.losses in the config "
+                    "(--print_config shows them)."
+                )
+
+
+def loss_setting_names() -> set[str]:
+    """The ``__init__`` arguments of the shipped loss plug-ins and weight schedules."""
+    import wkd_lightning.losses as losses
+
+    names = set()
+    for obj in vars(losses).values():
+        if isinstance(obj, type) and issubclass(obj, (DistillationLoss, WeightSchedule)):
+            names |= set(inspect.signature(obj.__init__).parameters) - {"self", "args", "kwargs"}
+    return names
 
 
 def make_cli(
@@ -269,6 +342,7 @@ def make_cli(
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        parser_class=WKDArgumentParser,
         seed_everything_default=0,
         args=args,
         run=run,

@@ -81,7 +81,12 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             (:class:`~wkd_lightning.selfkd.EMATeacher`, :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`). It
             excludes ``teacher``/``teacher_weights``, is saved in checkpoints under ``online_teacher.``, and may
             rebuild the WKD-L cost at every epoch start (see :mod:`wkd_lightning.selfkd.online`).
-        losses: distillation loss plug-ins; their weighted terms are added to the weighted cross-entropy.
+        losses: distillation loss plug-ins by key (``{"wkd_l": WKDLogit(...), "wkd_f": WKDFeature(...)}``); their
+            weighted terms are added to the weighted cross-entropy. The key is the loss's name in logs
+            (``train/loss/<key>/...``) and on the command line (``--model.losses.<key>.weight 30``); ``None`` values
+            are left out (a config layer's ``<key>: null`` removes a loss). A list also works in Python, each
+            plug-in keyed by its class's ``name`` (``wkd_l``, ``wkd_f``, ``kd``, ``dkd``, ``fitnet``). See
+            :func:`~wkd_lightning.losses.base.loss_plugins`.
         optimizer: builds the optimizer from the trainable parameters (student and the losses' adapters only).
         lr_scheduler: builds an epoch-wise LR scheduler from the optimizer; ``None`` keeps the LR constant.
         num_classes: C; taken from the data module's ``num_classes`` when not given.
@@ -113,7 +118,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         teacher: nn.Module | None = None,
         teacher_weights: str | None = None,
         online_teacher: OnlineTeacher | None = None,
-        losses: Sequence[DistillationLoss] | None = None,
+        losses: dict[str, DistillationLoss | None] | None = None,
         optimizer: OptimizerCallable = PaperSGD,
         lr_scheduler: LRSchedulerCallable | None = None,
         num_classes: int | None = None,

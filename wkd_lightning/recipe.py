@@ -44,7 +44,9 @@ def recipe_of(model_config) -> dict:
 
 
 def differences(saved, current, prefix: str = "model") -> list[str]:
-    """``"model.losses.0.init_args.temperature: 4.0 in the checkpoint, 2.0 now"`` for every value that differs."""
+    """``"model.losses.kd.init_args.temperature: 4.0 in the checkpoint, 2.0 now"`` for every value that differs."""
+    if isinstance(saved, list) and isinstance(current, dict) and len(saved) == len(current):
+        saved = dict(zip(current, saved))  # losses as a list (checkpoints before keyed losses), in the same order
     if isinstance(saved, dict) and isinstance(current, dict):
         found = []
         for key in sorted(set(saved) | set(current)):

@@ -1,25 +1,60 @@
-"""LR schedules that follow the run length: ``--trainer.max_epochs 30`` on a config written for 15 epochs must not
-leave a cosine LR that reaches 0 at epoch 15 and climbs back, nor step milestones placed for the shorter run.
+"""Schedules that follow the run length: ``--trainer.max_epochs 30`` on a config written for 15 epochs must not
+leave a cosine LR that reaches 0 at epoch 15 and climbs back, nor step milestones or a loss-weight decay placed for the
+shorter run.
 
 * :class:`CosineAnnealingLR` takes ``T_max: max_epochs`` (the default): the cosine ends with the run. An integer pins
   it.
 * :class:`MultiStepLR` takes ``milestones`` as fractions of the run (``[0.625, 0.75, 0.875]``: epochs 150, 180 and
   210 of 240, the CIFAR-100 release) or as integers (epochs, pinned).
+* The loss-weight schedules take their epochs the same way (:class:`~wkd_lightning.losses.CosineDecay`'s
+  ``start_epoch: 0.625`` is epoch 150 of 240; ``150`` pins it): one rule, :func:`epoch_of`.
 
-The ``wkd`` CLI resolves both against ``trainer.max_epochs`` before anything is built (:func:`resolve_lr_scheduler`),
-so ``--print_config`` and the run directory's ``config.yaml`` show the epochs used. In Python, pass integers (or
-resolve a config with :func:`resolve_lr_scheduler`); an unresolved value is an error that says so.
+The ``wkd`` CLI resolves all of them against ``trainer.max_epochs`` before anything is built
+(:func:`resolve_lr_scheduler`, :func:`resolve_loss_schedules`), so ``--print_config`` and the run directory's
+``config.yaml`` show the epochs used. In Python, pass integers (or resolve a config with these functions); an
+unresolved LR value is an error that says so, a loss schedule resolves a fraction against the run it is called with.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import torch
 from torch.optim import Optimizer
 
 #: The value of ``T_max`` that means "the run's ``trainer.max_epochs``".
 RUN_LENGTH = "max_epochs"
+
+
+def epoch_of(value: float, max_epochs: int | None, what: str) -> int:
+    """An epoch given as a fraction of the run or pinned: a fraction ``0 < value < 1`` is ``round(value · max_epochs)``;
+    a whole number (``0``, ``150``, ``150.0``) is that epoch, whatever the run length.
+
+    Args:
+        value: the fraction or the epoch.
+        max_epochs: the run length (``trainer.max_epochs``).
+        what: the setting, for messages (``"MultiStepLR: milestone"``).
+
+    Raises:
+        ValueError: a fraction without a run length, or a value that is neither a fraction in (0, 1) nor an epoch.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} {value!r} is neither a fraction of the run in (0, 1) nor an epoch (an integer >= 0).")
+    if isinstance(value, int) or (value.is_integer() and value >= 0):
+        if value < 0:
+            raise ValueError(f"{what} {value!r} is negative: give an epoch (an integer >= 0) or a fraction in (0, 1).")
+        return int(value)
+    if 0 < value < 1:
+        if not max_epochs or max_epochs < 0:
+            raise ValueError(
+                f"{what} {value} is a fraction of the run, but the run length is unknown (max_epochs {max_epochs}): "
+                "set trainer.max_epochs (the wkd CLI resolves fractions against it), or give it in epochs."
+            )
+        return round(value * max_epochs)
+    raise ValueError(
+        f"{what} {value!r} is neither a fraction of the run in (0, 1) nor an epoch (an integer >= 0): e.g. 0.625 of "
+        "240 epochs is epoch 150."
+    )
 
 
 def milestone_epochs(milestones: Sequence[float], max_epochs: int | None) -> list[int]:
@@ -99,3 +134,25 @@ def resolve_lr_scheduler(scheduler: MutableMapping | None, max_epochs: int | Non
         args["T_max"] = cosine_length(args["T_max"], max_epochs)
     if args.get("milestones") is not None:
         args["milestones"] = milestone_epochs(list(args["milestones"]), max_epochs)
+
+
+def resolve_loss_schedules(losses: Mapping | Sequence | None, max_epochs: int | None) -> None:
+    """Write the epochs of the loss-weight schedules of a config's ``model.losses`` (a mapping or a list of loss
+    specs) into their ``init_args``: every argument a schedule class lists in its ``run_length_args`` (CosineDecay's
+    ``start_epoch``) is resolved with :func:`epoch_of`. Schedules of other classes are left alone."""
+    from wkd_lightning.losses.base import loss_class
+
+    entries = losses.values() if isinstance(losses, Mapping) else losses or []
+    for loss in entries:
+        init_args = loss.get("init_args") if hasattr(loss, "get") else None
+        schedule = init_args.get("schedule") if hasattr(init_args, "get") else None
+        args = schedule.get("init_args") if hasattr(schedule, "get") else None
+        if args is None or not schedule.get("class_path"):
+            continue
+        try:
+            names = getattr(loss_class(schedule["class_path"]), "run_length_args", ())
+        except ValueError:
+            continue  # not ours to resolve: instantiation reports a bad class path
+        for name in names:
+            if args.get(name) is not None:
+                args[name] = epoch_of(args[name], max_epochs, f"{schedule['class_path'].rpartition('.')[2]}: {name}")

@@ -8,6 +8,8 @@ returns its *weighted* terms by name; the module adds them to the cross-entropy 
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -114,17 +116,91 @@ class DistillationLoss(nn.Module):
         return ctx.teacher_logits
 
 
-def loss_plugins(losses: Sequence[DistillationLoss] | None) -> nn.ModuleList:
-    """A module's loss plug-ins as an ``nn.ModuleList``; their names must differ (they key the logged terms).
+#: What a loss key may look like: it is typed on the command line (``--model.losses.<key>.weight``) and logged
+#: (``train/loss/<key>/<term>``), so no dots, slashes or spaces.
+LOSS_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def loss_plugins(
+    losses: Mapping[str, DistillationLoss | None] | Sequence[DistillationLoss] | None,
+) -> nn.ModuleList:
+    """A module's loss plug-ins as an ``nn.ModuleList``, each named by its key.
+
+    A mapping gives every plug-in its key (``{"wkd_l": WKDLogit(...), "wkd_f": WKDFeature(...)}``): the key becomes
+    the plug-in's ``name`` (logs ``train/loss/<key>/...``, messages); ``None`` values (a loss removed by a config
+    override) are left out. A list keys each plug-in by its class's ``name`` (``wkd_l``, ``wkd_f``, ``kd``, ...). The
+    container stays a list in key order, so checkpoint keys are ``losses.<position>...`` as before keyed losses.
 
     Raises:
-        ValueError: two plug-ins share a name.
+        ValueError: a key that is not a plain word (letters, digits, ``_``, ``-``), or two plug-ins with one name.
+        TypeError: a value that is not a :class:`DistillationLoss`.
     """
-    plugins = nn.ModuleList(losses or [])
+    if isinstance(losses, Mapping):
+        for key, loss in losses.items():
+            if not isinstance(key, str) or not LOSS_KEY.fullmatch(key):
+                raise ValueError(
+                    f"loss key {key!r}: keys are typed on the command line (--model.losses.<key>.weight) and logged "
+                    "(train/loss/<key>/...); use letters, digits, '_' or '-' (e.g. wkd_l, kd_t4)."
+                )
+            if loss is not None and not isinstance(loss, DistillationLoss):
+                raise TypeError(f"loss {key!r} is a {type(loss).__name__}, not a DistillationLoss plug-in.")
+        plugins = [loss for loss in losses.values() if loss is not None]
+        for key, loss in losses.items():
+            if loss is not None:
+                loss.name = key
+    else:
+        plugins = list(losses or [])
     names = [loss.name for loss in plugins]
     if len(set(names)) != len(names):
-        raise ValueError(f"loss plug-ins need distinct names, got {names}; set `name` on the duplicates.")
-    return plugins
+        raise ValueError(
+            f"loss plug-ins need distinct names, got {names}; give them keys instead of a list "
+            "(losses={'kd_t4': KD(temperature=4), 'kd_t8': KD(temperature=8)}; in YAML, `losses:` as a mapping)."
+        )
+    return nn.ModuleList(plugins)
+
+
+def loss_class(class_path: str) -> type:
+    """The class a config's ``class_path`` names: a dotted import path, or a plug-in class name
+    (``WKDLogit``, as jsonargparse also accepts).
+
+    Raises:
+        ValueError: no such class.
+    """
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        if module:
+            return getattr(importlib.import_module(module), name)
+        import wkd_lightning.losses
+
+        return getattr(wkd_lightning.losses, name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"loss class_path {class_path!r} names no class: {error}") from error
+
+
+def keyed_loss_configs(losses: Mapping | Sequence | None) -> dict:
+    """The ``model.losses`` of a config (as read from YAML) keyed: a mapping as it is, a list keyed by each entry's
+    class ``name`` (``wkd_lightning.losses.WKDLogit`` → ``wkd_l``) in list order. Entries are the same objects.
+
+    Raises:
+        ValueError: a list entry without ``class_path``, or two list entries of one class (key them by hand).
+    """
+    if losses is None:
+        return {}
+    if isinstance(losses, Mapping):
+        return dict(losses)
+    keyed = {}
+    for entry in losses:
+        class_path = entry.get("class_path") if hasattr(entry, "get") else None  # a dict or a Namespace
+        if class_path is None:
+            raise ValueError(f"a loss in a list of losses needs a class_path, got {entry!r}.")
+        key = getattr(loss_class(class_path), "name", None)
+        if key in keyed:
+            raise ValueError(
+                f"two losses of a list have the name {key!r}; write `losses:` as a mapping with a key for each "
+                f"(e.g. {key}_a: and {key}_b:)."
+            )
+        keyed[key] = entry
+    return keyed
 
 
 def plugin_terms(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from wkd_lightning.schedules import epoch_of
+
 
 class WeightSchedule:
     """A factor ``c(e)`` of the 1-based epoch ``e`` and the run length ``E``."""
@@ -25,19 +27,32 @@ class Constant(WeightSchedule):
 class CosineDecay(WeightSchedule):
     """WKD's schedule: ``c(e) = 1`` for ``e ≤ E0``, else ``½(1 + cos(π (e − E0)/(E − E0)))``.
 
+    ``E0`` follows the run length unless pinned (the rule of :func:`wkd_lightning.schedules.epoch_of`, as for the LR
+    milestones): a fraction ``0 < start_epoch < 1`` is ``round(start_epoch · E)`` (``0.625``: epoch 150 of 240, the
+    CIFAR-100 release; epoch 18 of a 30-epoch run); a whole number is that epoch in any run (``0``: decay from the
+    first epoch, the ImageNet configs; ``150``: pinned). The ``wkd`` CLI writes the resolved epoch into the config
+    (``--print_config`` shows it); in Python a fraction is resolved against the ``max_epochs`` of each call.
+
     Args:
-        start_epoch: ``E0``, the last epoch at full weight (150 of 240 on CIFAR-100, 0 on most ImageNet configs).
+        start_epoch: ``E0``, the last epoch at full weight, as a fraction of the run or an epoch.
     """
 
-    def __init__(self, start_epoch: int = 0) -> None:
-        if start_epoch < 0:
-            raise ValueError(f"CosineDecay: start_epoch must be >= 0, got {start_epoch}.")
+    #: Arguments that the CLI resolves against ``trainer.max_epochs`` (:func:`~wkd_lightning.schedules.epoch_of`).
+    run_length_args = ("start_epoch",)
+
+    def __init__(self, start_epoch: int | float = 0) -> None:
+        epoch_of(start_epoch, 1, "CosineDecay: start_epoch")  # checks the value (a fraction or an epoch >= 0)
         self.start_epoch = start_epoch
 
+    def first_decay_epoch(self, max_epochs: int) -> int:
+        """``E0`` in a run of ``max_epochs`` epochs."""
+        return epoch_of(self.start_epoch, max_epochs, "CosineDecay: start_epoch")
+
     def __call__(self, epoch: int, max_epochs: int) -> float:
-        if epoch <= self.start_epoch or max_epochs <= self.start_epoch:
+        start = self.first_decay_epoch(max_epochs)
+        if epoch <= start or max_epochs <= start:
             return 1.0
-        progress = min((epoch - self.start_epoch) / (max_epochs - self.start_epoch), 1.0)
+        progress = min((epoch - start) / (max_epochs - start), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
