@@ -46,6 +46,7 @@ from wkd_lightning.losses.base import (
 )
 from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
+from wkd_lightning.teacher_accuracy import TeacherAccuracy
 
 #: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
 ONLINE_TEACHER_PREFIX = "online_teacher."
@@ -261,6 +262,10 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             for loss in self.losses:
                 loss.compile(**self.compile_options)
         self._prepared = True
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """With a pretrained teacher: measure and log its validation accuracy once (:mod:`wkd_lightning.teacher_accuracy`)."""
+        return [TeacherAccuracy()] if self.teacher is not None else []
 
     def configure_optimizers(self):
         params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
