@@ -264,7 +264,8 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         self._prepared = True
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """With a pretrained teacher: measure and log its validation accuracy once (:mod:`wkd_lightning.teacher_accuracy`)."""
+        """With a pretrained teacher: measure and log its validation accuracy once
+        (:mod:`wkd_lightning.teacher_accuracy`)."""
         return [TeacherAccuracy()] if self.teacher is not None else []
 
     def configure_optimizers(self):
@@ -352,7 +353,9 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         terms, unweighted, weights = {"ce": self.ce_weight * ce}, {"ce": ce}, {"ce": self.ce_weight}
         distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
         if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
-            terms.update(plugin_terms(self.losses, distill_ctx, checked=checked, unweighted=unweighted, weights=weights))
+            terms.update(
+                plugin_terms(self.losses, distill_ctx, checked=checked, unweighted=unweighted, weights=weights)
+            )
         watch = None if checked else self.loss_watch
         total = total_loss(terms, ctx.epoch, batch_idx, watch=watch, inputs=x, index=index)
         if self.online_teacher is not None:
