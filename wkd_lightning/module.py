@@ -99,8 +99,14 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             under its ``no_grad`` and the step's autocast. The first training step of each epoch runs the plug-ins
             eagerly, with every input check (see :mod:`wkd_lightning.checks`).
 
-    Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
-    online teachers that store per-sample predictions.
+    Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is read by online
+    teachers that store per-sample predictions, and names the samples of a batch with NaN/inf pixels.
+
+    Logged in training, all as epoch means: ``train/loss`` (the summed loss ``L``), ``train/loss/<name>/<term>`` (each
+    weighted term as it enters ``L``: ``ce`` and ``<plug-in>/<term>``), ``train/loss/<name>/<term>_raw`` (the term
+    before its weight) and ``train/weight/<name>`` (the weight that epoch: ``ce_weight``, or a plug-in's
+    ``weight · c(e)``), ``train/top1``/``top5``; the progress bar shows the per-step ``loss``. With a pretrained
+    teacher, ``teacher/val_top1``/``top5`` once per fit (:mod:`wkd_lightning.teacher_accuracy`).
     """
 
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
