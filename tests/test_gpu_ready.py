@@ -97,14 +97,21 @@ def test_first_step_of_an_epoch_checks_the_inputs_the_others_watch_the_loss() ->
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     bad = x.clone()
     bad[0, 0, 0, 0] = math.nan
-    with pytest.raises(ValueError, match=r"^kd_loss: the student logits contain \d+ NaN"):
+    # A NaN pixel is named as one, not as a diverged student (whose logits it makes NaN).
+    with pytest.raises(ValueError, match=r"^input batch contains NaN/inf pixels at epoch 1, step 0 \(1 sample"):
         module.training_step((bad, y), 0)  # the checked step: the clear message at once
     module.on_train_epoch_start()
     module.training_step((x, y), 0)  # checked, fine
     module.training_step((bad, y), 1)  # steady state: no read, no error yet...
     module.training_step((x, y), 2)
-    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1: terms \['ce', 'kd/kl', 'wkd_f/feat'\]"):
-        module.on_train_epoch_end()  # ...the epoch-end read names the step
+    with pytest.raises(ValueError, match=r"^input batch contains NaN/inf pixels at epoch 1, step 1 .*positions \[0\]"):
+        module.on_train_epoch_end()  # ...the epoch-end read names the step and the sample
+    diverged = _manual(_module())
+    diverged.training_step((x, y), 0)
+    diverged.student.fc.weight.data.fill_(math.nan)  # a diverged student: the loss terms are named
+    diverged.training_step((x, y), 1)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1: terms \['ce', 'kd/kl'"):
+        diverged.on_train_epoch_end()
     module.on_train_epoch_start()
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         module.training_step((x, y + 5), 0)

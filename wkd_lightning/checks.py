@@ -6,8 +6,10 @@ three kinds, by what they cost:
 
 * **arguments** (:func:`check_number`, :func:`check_integer`): Python numbers, free;
 * **shapes and dtypes** (:func:`check_logits`, :func:`class_indices`, :func:`check_feature_maps`,
-  :func:`check_cost`): tensor metadata, free, always run (also under ``torch.compile``, where they are guards);
-* **values** (:func:`check_finite`, :func:`check_labels`, the cost's NaN count, :func:`check_stable_range`): they
+  :func:`check_cost`, :func:`check_grid_cells`): tensor metadata, free, always run (also under ``torch.compile``,
+  where they are guards); comparisons of names (:func:`check_cost_class_names`), at set-up;
+* **values** (:func:`check_finite`, :func:`check_labels`, the cost's NaN count, :func:`check_stable_range`,
+  :func:`check_cost_meaning`, :func:`check_input_batch`): they
   read tensor contents, which on a GPU is one blocking host synchronisation each. They run on eager calls, where a
   user wants the clear message, and are skipped while :func:`values_checked` is false: inside ``torch.compile``
   (a graph break otherwise) and inside :func:`deferred_checks`, which the training steps of
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -225,6 +227,33 @@ def check_feature_maps(student_feat: Tensor, teacher_feat: Tensor, grid: int, ow
     return grid
 
 
+def check_grid_cells(shape: tuple[int, ...], grid: int, owner: str) -> None:
+    """Raise if a g×g grid over B×C×H×W maps of ``shape`` leaves cells of a single pixel.
+
+    A one-pixel cell has no spatial spread: its variance is 0 for student and teacher alike, so its std term is
+    exactly 0 and WKD-F only matches means there. Shape metadata only (free); the WKD-F plug-in runs it at set-up, when
+    it first sees the teacher's feature map.
+
+    Raises:
+        ValueError: naming the feature shape, the grid, the cell sizes and the largest grid that works.
+    """
+    height, width = shape[-2:]
+
+    def shortest(size: int, g: int) -> int:  # cell i spans [⌊i·size/g⌋, ⌈(i+1)·size/g⌉) (SPEC §4.2)
+        return min(-(-(i + 1) * size // g) - i * size // g for i in range(g))
+
+    if shortest(height, grid) * shortest(width, grid) > 1:
+        return
+    largest = max((g for g in range(1, grid) if shortest(height, g) * shortest(width, g) > 1), default=None)
+    fix = f"use grid <= {largest}" if largest is not None else "use grid: 1"
+    raise ValueError(
+        f"{owner}: grid={grid} splits the teacher feature maps of shape C×H×W = {tuple(shape[-3:])} ({height}×{width} "
+        "positions) "
+        f"into cells of a single pixel, whose std term is exactly 0 (no spatial variance): {fix}, or read the features "
+        "at an earlier, larger stage (teacher_path/student_path)."
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # WKD-L cost matrices.
 
@@ -242,8 +271,9 @@ def check_cost_size(cost_classes: int, num_classes: int, owner: str) -> None:
 def check_cost(cost: Tensor, num_classes: int | None, owner: str) -> Tensor:
     """Return ``cost`` after checking it is a finite square matrix of size >= 2 (and C if given).
 
-    Negative entries are allowed: ``M = relu(D) + 1e-8`` maps them to the floor, as the release does (SPEC §1.3). The
-    NaN/inf count is a value check.
+    Negative entries pass here: ``M = relu(D) + 1e-8`` maps them to the floor, as the release does (SPEC §1.3);
+    the WKD-L plug-in refuses them, and similarity matrices, once when its cost is set (:func:`check_cost_meaning`).
+    The NaN/inf count is a value check.
     """
     if not isinstance(cost, Tensor):
         raise ValueError(f"{owner}: cost must be a C×C tensor, got {type(cost).__name__}.")
@@ -260,6 +290,94 @@ def check_cost(cost: Tensor, num_classes: int | None, owner: str) -> Tensor:
             "Recompute the matrix (e.g. with `wkd-ir`) or replace those entries."
         )
     return cost
+
+
+#: Round-off allowed below 0 and around a zero diagonal, relative to ``max(1, max |D|)``.
+COST_TOLERANCE = 1e-6
+
+
+def check_cost_meaning(cost: Tensor, owner: str) -> None:
+    """Raise if a category cost cannot be a matrix of distances: negative entries, or a similarity matrix.
+
+    A value check (run once when a WKD-L cost is set, never in the steps). ``D`` is a distance between categories: no
+    entry may be negative (beyond round-off), and a class is at distance 0 from itself. A diagonal that is not 0 is
+    accepted when it is not the largest entry of its row (a distance shifted by a constant, say, which changes ``W`` by
+    that constant and not its gradient); a non-zero diagonal that is at least as large as every other entry of its row,
+    in every row, is what a *similarity* (cosine, CKA: 1 on the diagonal) looks like, and is refused: as a cost it
+    would make the most similar classes the farthest apart.
+
+    Raises:
+        ValueError: naming the smallest entry and where it is, or the diagonal, and how to make a cost of it.
+    """
+    if not values_checked():
+        return
+    cost = cost.detach().float()
+    off = cost.masked_fill(torch.eye(cost.shape[0], dtype=torch.bool, device=cost.device), -math.inf)
+    diagonal = cost.diagonal()
+    low, at = cost.min(), cost.argmin()
+    stats = torch.stack([low, cost.abs().max(), diagonal.abs().max(), (diagonal >= off.amax(dim=1)).all().float()])
+    low, high, diagonal_max, diagonal_is_row_max = stats.tolist()
+    tolerance = COST_TOLERANCE * max(1.0, high)
+    if low < -tolerance:
+        row, col = divmod(int(at), cost.shape[1])
+        raise ValueError(
+            f"{owner}: cost has negative entries (the smallest is D[{row}, {col}] = {low:.4g}); a category cost is a "
+            "distance, >= 0 everywhere. Rebuild it (e.g. with `wkd-ir`), or shift or clip it yourself (D - D.min(), "
+            "D.clamp(min=0)) if that is what you mean."
+        )
+    if diagonal_max > tolerance and diagonal_is_row_max:
+        raise ValueError(
+            f"{owner}: cost looks like a similarity matrix, not a cost: its diagonal is not 0 (up to "
+            f"{diagonal_max:.4g}) and is the largest entry of every row, so the most similar classes would be the "
+            "farthest apart. A cost needs D[i, i] = 0: pass 1 - S for a similarity S in [0, 1] (what `wkd-ir` writes), "
+            "or compute the cost with `wkd-ir`."
+        )
+
+
+def check_cost_class_names(
+    cost_names: Sequence[str] | None, data_names: Sequence[str] | None, source: str, data_owner: str
+) -> None:
+    """Raise if a cost file was computed for other classes (or another class order) than the data module's.
+
+    ``wkd-ir`` stores the data module's ``class_names`` in each cost file; row ``i`` of the cost belongs to class ``i``.
+    Nothing is checked when either side has no names (a plain tensor file, a data module without ``class_names``).
+
+    Raises:
+        ValueError: naming the file, the first differing positions and what to do.
+    """
+    if cost_names is None or data_names is None:
+        return
+    cost_names, data_names = [str(n) for n in cost_names], [str(n) for n in data_names]
+    if cost_names == data_names:
+        return
+    if sorted(cost_names) == sorted(data_names):
+        what = "the same classes in another order"
+    else:
+        only_cost = [n for n in cost_names if n not in set(data_names)]
+        only_data = [n for n in data_names if n not in set(cost_names)]
+        what = f"other classes (only in the cost file: {_first(only_cost)}; only in the data: {_first(only_data)})"
+    differ = [i for i, (a, b) in enumerate(zip(cost_names, data_names)) if a != b]
+    where = f"; first difference at class {differ[0]}: {cost_names[differ[0]]!r} vs {data_names[differ[0]]!r}"
+    raise ValueError(
+        f"{source} was computed for {what} than {data_owner} ({len(cost_names)} vs {len(data_names)} names"
+        f"{where if differ else ''}): its row i would be read as another class. Rebuild the cost for this data with "
+        "`wkd-ir` (it stores the data module's class names), or use the data module it was made for."
+    )
+
+
+def check_costs_fit_data(losses: Iterable, datamodule: object) -> None:
+    """:func:`check_cost_class_names` for every loss whose cost came from a file that names its classes (WKD-L's
+    ``cost_class_names``), against ``datamodule.class_names``; run once at set-up."""
+    data_names = getattr(datamodule, "class_names", None)
+    for loss in losses:
+        names = getattr(loss, "cost_class_names", None)
+        source = f"{loss.name}: the WKD-L cost file {getattr(loss, 'cost_source', '?')!r}"
+        check_cost_class_names(names, data_names, source, f"the data module {type(datamodule).__name__}")
+
+
+def _first(names: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(map(repr, names[:count]))
+    return f"[{shown}{', ...' if len(names) > count else ''}]" if names else "none"
 
 
 def check_stable_range(cost: Tensor, eps: float, owner: str) -> None:
@@ -297,6 +415,47 @@ def assert_on_device(condition: Tensor, message: str) -> None:
 # The summed loss.
 
 
+def bad_input_rows(inputs: Tensor) -> Tensor:
+    """B bools: which samples of a B×... input batch hold a NaN or an inf (device work only; integer inputs: none)."""
+    if not inputs.is_floating_point():
+        return torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+    return ~torch.isfinite(inputs.detach()).flatten(1).all(dim=1)
+
+
+def input_message(epoch: int, step: int, count: int, samples: list[int], indexed: bool) -> str:
+    """The message of an input batch with NaN/inf pixels: where, which samples, what to check."""
+    shown = ", ".join(map(str, samples[:10])) + (", ..." if len(samples) > 10 or count > len(samples) else "")
+    which = (
+        f"sample indices [{shown}] of the training set"
+        if indexed
+        else f"positions [{shown}] in the batch; --data.return_index true names their dataset indices"
+    )
+    return (
+        f"input batch contains NaN/inf pixels at epoch {epoch}, step {step} ({count} sample(s): {which}): the data is "
+        "broken, not the student. Check those samples' files and the transforms (a normalisation by a zero std, a "
+        "division in a custom transform)."
+    )
+
+
+def check_input_batch(inputs: Tensor, index: Tensor | None, epoch: int, step: int) -> None:
+    """Raise if a training batch holds NaN/inf pixels, naming the samples (a value check: one host synchronisation).
+
+    The training steps run it on the first, fully checked, step of each epoch; the steps in between hand their inputs
+    to :class:`NonFiniteWatch`, which names them when the loss turns non-finite.
+
+    Raises:
+        ValueError: naming the epoch, the step and the samples (dataset indices when the batch carries them).
+    """
+    if not values_checked():
+        return
+    rows = bad_input_rows(inputs)
+    if not bool(rows.any()):
+        return
+    positions = rows.nonzero().flatten()
+    samples = index.to(positions.device)[positions] if index is not None else positions
+    raise ValueError(input_message(epoch, step, len(positions), samples.tolist(), index is not None))
+
+
 def nonfinite_message(epoch: int, step: int, bad: list[str], advice: str) -> str:
     """The message of a non-finite training loss: where, which terms, what to try."""
     return f"non-finite loss at epoch {epoch}, step {step}: terms {bad}. {advice}"
@@ -321,7 +480,9 @@ class NonFiniteWatch:
     Every ``every`` observed steps the flag is copied to host memory without blocking (pinned memory and a CUDA event);
     the copy is read at the next such step, once it has arrived, and :meth:`flush` (at each epoch end) reads it
     waiting. A non-finite loss thus stops the run at most ``2·every`` steps after it happened, with the same message as
-    :func:`check_total`, naming the step where it happened.
+    :func:`check_total`, naming the step where it happened. Given the step's inputs, it also notes whether they held
+    NaN/inf pixels: the message is then :func:`input_message` (which samples, at which step), a ``ValueError``, since
+    the data, not the student, is at fault.
 
     Args:
         every: steps between two reads of the flag.
@@ -335,13 +496,29 @@ class NonFiniteWatch:
         self._flag: Tensor | None = None
         self._where: Tensor | None = None
         self._bad_terms: dict[tuple[str, ...], Tensor] = {}
+        self._inputs: Tensor | None = None  # at the first bad step: [inputs bad, bad samples, first bad sample]
+        self._indexed = False
         self._pending: tuple[Tensor, torch.cuda.Event | None] | None = None
 
-    def observe(self, terms: Mapping[str, Tensor], stacked: Tensor, total: Tensor, epoch: int, step: int) -> None:
-        """Note whether ``total = stacked.sum()`` (``stacked``: the terms, in order) is finite; device work only."""
+    def observe(
+        self,
+        terms: Mapping[str, Tensor],
+        stacked: Tensor,
+        total: Tensor,
+        epoch: int,
+        step: int,
+        inputs: Tensor | None = None,
+        index: Tensor | None = None,
+    ) -> None:
+        """Note whether ``total = stacked.sum()`` (``stacked``: the terms, in order) is finite; device work only.
+
+        ``inputs`` (the step's B×... input batch) and ``index`` (its samples' dataset indices) let the message name
+        NaN/inf pixels as the cause.
+        """
         if self._flag is None or self._flag.device != total.device:
             self._flag = torch.zeros((), dtype=torch.bool, device=total.device)
             self._where = torch.zeros((), dtype=torch.int64, device=total.device)
+            self._inputs = torch.zeros(3, dtype=torch.int64, device=total.device)
             self._bad_terms = {}
         bad = ~torch.isfinite(total.detach())
         new = bad & ~self._flag
@@ -351,6 +528,13 @@ class NonFiniteWatch:
         previous = self._bad_terms.get(names)
         bad_terms = new & ~torch.isfinite(stacked.detach())
         self._bad_terms[names] = bad_terms if previous is None else torch.where(new, bad_terms, previous)
+        if inputs is not None:
+            rows = bad_input_rows(inputs).to(total.device)
+            first = rows.to(torch.uint8).argmax().view(1)  # first bad sample (0 when none); no host read
+            sample = index.to(total.device).gather(0, first) if index is not None else first
+            noted = torch.cat([rows.any().view(1), rows.sum().view(1), sample.view(1)]).to(torch.int64)
+            self._inputs = torch.where(new, noted, self._inputs)
+            self._indexed = index is not None
         self._flag = self._flag | bad
         self._observed += 1
         if self._observed % self.every == 0:
@@ -388,6 +572,10 @@ class NonFiniteWatch:
 
     def _raise(self) -> None:
         where = int(self._where)
+        inputs_bad, count, sample = self._inputs.tolist()
+        if inputs_bad:
+            message = input_message(where >> 32, where & (2**32 - 1), count, [sample], self._indexed)
+            raise ValueError(f"{message} (noticed by the loss watch, which reads the loss every {self.every} steps)")
         bad = [name for names, flags in self._bad_terms.items() for name, flag in zip(names, flags.tolist()) if flag]
         message = nonfinite_message(where >> 32, where & (2**32 - 1), list(dict.fromkeys(bad)), self.advice)
         raise FloatingPointError(

@@ -55,7 +55,7 @@ from wkd_lightning.rundirs import (
 )
 from wkd_lightning.schedules import resolve_loss_schedules, resolve_lr_scheduler
 from wkd_lightning.summary import RunSummary
-from wkd_lightning.tracking import RunCSVLogger, check_wandb_reachable
+from wkd_lightning.tracking import EpochLRMonitor, RunCSVLogger, check_wandb_reachable
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -94,6 +94,7 @@ class WKDCLI(LightningCLI):
         parser.set_defaults({"summary.metric": monitor})
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
+        parser.add_lightning_class_args(EpochLRMonitor, "lr_monitor")  # lr-<optimizer> once per epoch, if logged
         parser.add_argument(
             "--ddp_timeout",
             type=float,

@@ -32,7 +32,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
-from wkd_lightning.checks import NonFiniteWatch
+from wkd_lightning.checks import NonFiniteWatch, check_costs_fit_data, check_input_batch
 from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.hooks import FeatureHooks
 from wkd_lightning.losses.base import (
@@ -46,6 +46,7 @@ from wkd_lightning.losses.base import (
 )
 from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
+from wkd_lightning.teacher_accuracy import TeacherAccuracy
 
 #: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
 ONLINE_TEACHER_PREFIX = "online_teacher."
@@ -103,8 +104,14 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             under its ``no_grad`` and the step's autocast. The first training step of each epoch runs the plug-ins
             eagerly, with every input check (see :mod:`wkd_lightning.checks`).
 
-    Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is only read by
-    online teachers that store per-sample predictions.
+    Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is read by online
+    teachers that store per-sample predictions, and names the samples of a batch with NaN/inf pixels.
+
+    Logged in training, all as epoch means: ``train/loss`` (the summed loss ``L``), ``train/loss/<name>/<term>`` (each
+    weighted term as it enters ``L``: ``ce`` and ``<plug-in>/<term>``), ``train/loss/<name>/<term>_raw`` (the term
+    before its weight) and ``train/weight/<name>`` (the weight that epoch: ``ce_weight``, or a plug-in's
+    ``weight · c(e)``), ``train/top1``/``top5``; the progress bar shows the per-step ``loss``. With a pretrained
+    teacher, ``teacher/val_top1``/``top5`` once per fit (:mod:`wkd_lightning.teacher_accuracy`).
     """
 
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
@@ -182,6 +189,8 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             raise ValueError(
                 f"the data module has {data_classes} classes but the model is configured for {self.num_classes}."
             )
+        if datamodule is not None:
+            check_costs_fit_data(self.losses, datamodule)
         if self.input_size is None:
             self.input_size = getattr(datamodule, "input_size", None)
         if not hasattr(self, "val_metrics"):
@@ -265,6 +274,11 @@ class DistillationModule(InputFingerprints, L.LightningModule):
                 loss.compile(**self.compile_options)
         self._prepared = True
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """With a pretrained teacher: measure and log its validation accuracy once
+        (:mod:`wkd_lightning.teacher_accuracy`)."""
+        return [TeacherAccuracy()] if self.teacher is not None else []
+
     def configure_optimizers(self):
         params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
         optimizer = self.optimizer_factory(params)
@@ -342,21 +356,49 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         ctx, has_teacher = self._context(x, target, index)
         logits = ctx.student_logits
         checked, self._steps_checked = not self._steps_checked, True
-        if target.ndim == 1 and checked:
-            check_labels(target, logits.shape[1])
-        terms = {"ce": self.ce_weight * F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)}
+        if checked:
+            if target.ndim == 1:
+                check_labels(target, logits.shape[1])
+            check_input_batch(x, index, ctx.epoch, batch_idx)  # before the losses blame the student for NaN pixels
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+        terms, unweighted, weights = {"ce": self.ce_weight * ce}, {"ce": ce}, {"ce": self.ce_weight}
         distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
         if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
-            terms.update(plugin_terms(self.losses, distill_ctx, checked=checked))
-        total = total_loss(terms, ctx.epoch, batch_idx, watch=None if checked else self.loss_watch)
+            terms.update(
+                plugin_terms(self.losses, distill_ctx, checked=checked, unweighted=unweighted, weights=weights)
+            )
+        watch = None if checked else self.loss_watch
+        total = total_loss(terms, ctx.epoch, batch_idx, watch=watch, inputs=x, index=index)
         if self.online_teacher is not None:
             self.online_teacher.observe(index, logits.detach())
         batch_size = x.shape[0]
-        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        self._log_terms(terms, unweighted, weights if checked else None, total, batch_size)
         self.train_metrics.update(logits.detach(), ctx.hard_target)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return total
+
+    def _log_terms(
+        self,
+        terms: dict[str, Tensor],
+        unweighted: dict[str, Tensor],
+        weights: dict[str, float] | None,
+        total: Tensor,
+        batch_size: int,
+    ) -> None:
+        """Epoch means of the loss and of every term, weighted and not, and the terms' weights (see the class doc).
+
+        Tensors only, accumulated on the device (no host synchronisation); the weights are Python numbers, logged on
+        the first step of each epoch alone (a number becomes a tensor on the device: one host-to-device copy), which
+        is their epoch mean, since they change only from one epoch to the next.
+        """
+        epoch_mean = dict(on_step=False, on_epoch=True, batch_size=batch_size)
+        # The weighted terms first, in one dict of their own: they sum to train/loss.
+        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, **epoch_mean)
+        self.log_dict({f"train/loss/{k}_raw": v.detach() for k, v in unweighted.items()}, **epoch_mean)
+        if weights is not None:
+            self.log_dict({f"train/weight/{k}": float(v) for k, v in weights.items()}, **epoch_mean)
+        self.log("train/loss", total.detach(), **epoch_mean)
+        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=batch_size)  # the bar: per step
 
     def _evaluate(self, batch: tuple[Tensor, ...], metrics: MetricCollection, stage: str) -> None:
         x, target, _ = unpack_batch(batch)

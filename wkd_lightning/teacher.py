@@ -13,6 +13,7 @@ the student's checkpoints; an online teacher's state cannot be read from anywher
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -100,6 +101,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, owner: str = "tea
         ValueError: the keys or shapes differ; the message lists the first mismatches so a wrong architecture is
             easy to spot.
     """
+    if owner == "teacher" and not os.path.isfile(path):
+        advice = missing_teacher_advice(model, path)
+        if advice:  # otherwise read_state_dict's message (train one with this CLI) fits
+            raise FileNotFoundError(f"teacher weights file {os.fspath(path)!r} does not exist. {advice}")
     expected = model.state_dict()
     state = read_state_dict(path)
     convert = getattr(model, "convert_state_dict", None)
@@ -115,6 +120,35 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, owner: str = "tea
         )
     model.load_state_dict(state)
     return model
+
+
+#: torchvision's weight file names (``resnet34-b627a593.pth``): their download address is known.
+_TORCHVISION_FILE = re.compile(r"[a-z0-9_]+-[0-9a-f]{8}\.pth")
+
+
+def missing_teacher_advice(model: nn.Module, path: str | os.PathLike) -> str | None:
+    """Where the weights of a missing teacher file come from, by the teacher's architecture: torchvision (ImageNet)
+    and CIFAR-100 teachers are released files; ``None`` for the others (trained with this CLI)."""
+    family = type(model).__module__
+    name = os.path.basename(os.fspath(path))
+    if family.startswith("torchvision.") or family == "wkd_lightning.models.imagenet":
+        url = f"https://download.pytorch.org/models/{name}" if _TORCHVISION_FILE.fullmatch(name) else (
+            "https://download.pytorch.org/models/<arch>-<hash>.pth, e.g. resnet34-b627a593.pth"
+        )  # fmt: skip
+        return (
+            f"ImageNet teachers ({type(model).__name__}) are released pretrained weights, not trained here: download "
+            f"torchvision's file once on a machine with network ({url}; or run torchvision.models."
+            "<arch>(weights='IMAGENET1K_V1'), which keeps it in ~/.cache/torch/hub/checkpoints), copy it to that path, "
+            "or point --model.teacher_weights at your copy."
+        )
+    if family.startswith("wkd_lightning.models.cifar"):
+        return (
+            f"CIFAR-100 teachers ({type(model).__name__}) are RepDistiller's released files: extract "
+            "cifar_teachers.tar (e.g. weights/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth), or train one with "
+            "`wkd fit -c configs/cifar100/teacher/<teacher>.yaml` (its checkpoints/best.ckpt); then point "
+            "--model.teacher_weights at the file."
+        )
+    return None
 
 
 class FrozenTeacher(nn.Module):

@@ -17,8 +17,10 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from typing import Literal
 from urllib.parse import urlparse
 
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -68,6 +70,33 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(self.log_dir, append=self.append)
         return self._experiment
+
+
+class EpochLRMonitor(LearningRateMonitor):
+    """Lightning's ``LearningRateMonitor``, logging every epoch by default, that stands aside in a run without a logger
+    (``--trainer.logger false``) instead of failing it.
+
+    Each optimizer's learning rate is written once per epoch, at its start, as ``lr-<optimizer class>`` (e.g.
+    ``lr-PaperSGD``; ``lr-<optimizer class>/pg<N>`` for several parameter groups): its own row of ``metrics.csv``,
+    whose ``step`` column is the global step at that epoch's start.
+    """
+
+    def __init__(self, logging_interval: Literal["step", "epoch"] | None = "epoch", log_momentum: bool = False,
+                 log_weight_decay: bool = False) -> None:  # fmt: skip
+        super().__init__(logging_interval, log_momentum, log_weight_decay)
+
+    def on_train_start(self, trainer, *args, **kwargs) -> None:
+        self._active = bool(trainer.loggers)
+        if self._active:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        if getattr(self, "_active", False):
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
+        if getattr(self, "_active", False):
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 def wandb_is_online(logger: Logger) -> bool:

@@ -375,25 +375,77 @@ def test_cost_file_errors(tmp_path: Path) -> None:
     _raises(lambda: WKDLogit(cost=non_finite), f"WKD-L cost file {str(non_finite)!r}: {NON_FINITE_COST}")
 
 
-@pytest.mark.parametrize("kappa", [0.0, 1.0])
-def test_negative_cost_entries_are_clipped_not_refused(kappa: float) -> None:
-    """SPEC §1.3: ``M = relu(D) + 1e-8``. Negative entries (diagonal included) act as zeros, as in the release."""
+def test_negative_cost_entries_are_refused_by_the_plugin_and_clipped_by_the_function() -> None:
+    """A category cost is a distance: the plug-in refuses negative entries when its cost is set; the pure function
+    (which takes a sharpened cost every step and reads no more values than it must) applies ``M = relu(D) + 1e-8``."""
     g = torch.Generator().manual_seed(0)
-    cost = torch.randn(5, 5, generator=g)
-    assert (cost < 0).sum() > 5 and (cost.diagonal() < 0).any()
+    cost = uniform_cost(5)
+    cost[1, 3] = -0.25
+    _raises(
+        lambda: WKDLogit(cost=cost), "WKDLogit.set_cost: cost has negative entries (the smallest is D[1, 3] = -0.25)"
+    )
+    round_off = uniform_cost(5)
+    round_off[0, 1] = -1e-7
+    WKDLogit(cost=round_off)  # round-off below 0 passes (relu maps it to the floor)
     student, teacher = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
-    ctx = _ctx(student, teacher, _LABELS)
-    got = WKDLogit(cost=cost, kappa=kappa, weight=1.0)(ctx)["wd"]
-    expected = WKDLogit(cost=cost.clamp(min=0), kappa=kappa, weight=1.0)(ctx)["wd"]
-    assert torch.isfinite(got)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    sharpened = sharpen_cost(cost, kappa)
     torch.testing.assert_close(
-        wkd_logit_loss(student, teacher, _LABELS, sharpened, 2.0)[1],
-        wkd_logit_loss(student, teacher, _LABELS, sharpened.clamp(min=0), 2.0)[1],
+        wkd_logit_loss(student, teacher, _LABELS, cost, 2.0)[1],
+        wkd_logit_loss(student, teacher, _LABELS, cost.clamp(min=0), 2.0)[1],
         rtol=0,
         atol=0,
     )
+
+
+def test_a_similarity_matrix_is_refused_a_shifted_distance_is_not(tmp_path: Path) -> None:
+    features = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    similarity = features @ features.T  # cosine: 1 on the diagonal, the largest entry of each row
+    path = tmp_path / "similarity.pt"
+    torch.save({"cost": similarity.clamp(min=0), "kappa_applied": False}, path)
+    message = _raises(lambda: WKDLogit(cost=str(path)), f"WKD-L cost file {str(path)!r}: cost looks like a similarity")
+    assert "pass 1 - S" in message
+    _raises(lambda: WKDLogit(cost=torch.eye(4) + 0.5), "WKDLogit.set_cost: cost looks like a similarity matrix")
+    WKDLogit(cost=1 - similarity)  # the matching cost
+    WKDLogit(cost=uniform_cost(5) + 0.25)  # a distance shifted by a constant: W shifts, its gradient does not
+
+
+def test_cost_class_names_must_match_the_data_modules() -> None:
+    from wkd_lightning.checks import check_cost_class_names
+
+    check_cost_class_names(None, ["a", "b"], "cost", "data")  # no names on one side: nothing to compare
+    check_cost_class_names(["a", "b"], ("a", "b"), "cost", "data")
+    message = _raises(lambda: check_cost_class_names(["a", "x"], ["a", "b"], "cost", "data"), "cost was computed for")
+    assert "only in the cost file: ['x']; only in the data: ['b']" in message and "class 1: 'x' vs 'b'" in message
+
+
+def test_a_grid_of_single_pixel_cells_is_refused_when_the_plugin_is_built() -> None:
+    loss = WKDFeature("s", "t", grid=4)
+    message = _raises(
+        lambda: loss.build({"s": torch.zeros(1, 4, 8, 8)}, {"t": torch.zeros(1, 6, 4, 4)}),
+        "WKDFeature (teacher_path 't'): grid=4 splits the teacher feature maps of shape C×H×W = (6, 4, 4)",
+    )
+    assert "use grid <= 3" in message
+    WKDFeature("s", "t", grid=4).build({"s": torch.zeros(1, 4, 4, 8)}, {"t": torch.zeros(1, 6, 4, 8)})  # 1×2 cells
+
+
+def test_nan_input_pixels_are_named_at_once_and_by_the_watch() -> None:
+    from wkd_lightning.checks import NonFiniteWatch, check_input_batch
+    from wkd_lightning.losses.base import total_loss
+
+    x = torch.zeros(4, 1, 2, 2)
+    x[2, 0, 1, 1] = float("nan")
+    index = torch.tensor([7, 8, 9, 10])
+    _raises(lambda: check_input_batch(x, index, 1, 3), "input batch contains NaN/inf pixels at epoch 1, step 3 (1 "
+            "sample(s): sample indices [9] of the training set)")  # fmt: skip
+    terms = {"ce": torch.tensor(float("nan"))}
+    _raises(lambda: total_loss(terms, 2, 5, inputs=x), "input batch contains NaN/inf pixels at epoch 2, step 5 (1 "
+            "sample(s): positions [2] in the batch")  # fmt: skip
+    watch = NonFiniteWatch(every=100)
+    total_loss({"ce": torch.tensor(1.0)}, 1, 0, watch=watch, inputs=torch.zeros(4, 1, 2, 2), index=index)
+    total_loss(terms, 1, 1, watch=watch, inputs=x, index=index)
+    _raises(watch.flush, "input batch contains NaN/inf pixels at epoch 1, step 1 (1 sample(s): sample indices [9]")
+    clean = NonFiniteWatch(every=100)
+    total_loss(terms, 1, 1, watch=clean, inputs=torch.zeros(4, 1, 2, 2))
+    _raises(clean.flush, "non-finite loss at epoch 1, step 1: terms ['ce']", FloatingPointError)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ The class keeps its historical name, ``ClassificationDataModule``; the COCO dete
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wkd_lightning.data.sampling import make_loader
+from wkd_lightning.data.sampling import SeededDataset, make_loader
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -33,10 +33,17 @@ class ClassificationDataModule(L.LightningDataModule):
         train_size: use only this many training images (after the hold-out); None: all.
 
     Subclasses may set ``collate_fn`` in ``__init__`` (default: PyTorch's); set on the instance, not the class, where
-    a plain function would become a method.
+    a plain function would become a method. Any map-style dataset of ``(input, label)`` pairs will do as
+    ``train_set`` (a ``TensorDataset``, say): one that is not a
+    :class:`~wkd_lightning.data.sampling.SeededDataset` is wrapped in one by the training loader, since the epoch
+    sampler hands out ``(index, sample seed)`` keys. Subclasses should set ``class_names`` (one per label) where the
+    classes have names: WKD-L cost files made by ``wkd-ir`` store them, and a cost file made for other classes is then
+    refused at set-up.
     """
 
     collate_fn: Callable | None = None
+    #: The name of each label, or ``None`` where the classes have no names.
+    class_names: Sequence[str] | None = None
 
     def __init__(
         self,
@@ -76,7 +83,12 @@ class ClassificationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        train_set = self.train_set
+        if train_set is not None and not isinstance(train_set, SeededDataset):
+            # The sampler's keys are (index, sample seed) pairs; a plain dataset would read them as a 2-D index
+            # (a TensorDataset: "IndexError: index 9049414233615555963 is out of bounds").
+            train_set = SeededDataset(train_set, return_index=self.return_index)
+        return self._loader(train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

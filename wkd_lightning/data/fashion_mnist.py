@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from wkd_lightning.data.sampling import SeededDataset, split_indices
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
+REINSTALL_HINT = (
+    "Reinstall the dataset (`apt-get install --reinstall dataset-fashion-mnist`) or download that file again."
+)
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
@@ -34,15 +38,23 @@ _FILES = {
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): big-endian header, then unsigned bytes (LeCun's MNIST format)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # a cut download or copy, a damaged file
+        raise ValueError(
+            f"Fashion-MNIST file {os.fspath(path)!r} is truncated or corrupt ({type(error).__name__}: {error}). "
+            f"{REINSTALL_HINT}"
+        ) from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number); the file may be corrupt.")
+        raise ValueError(
+            f"{path} is not an unsigned-byte IDX file (bad magic number); the file may be corrupt. {REINSTALL_HINT}"
+        )
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: header says {shape} but holds {body.size} values.")
+        raise ValueError(f"{path} is truncated: header says {shape} but holds {body.size} values. {REINSTALL_HINT}")
     return body.reshape(shape)
 
 

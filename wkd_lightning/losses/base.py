@@ -3,7 +3,9 @@
 Data flows one way: the module runs the student and the frozen teacher on a batch, captures the features that some
 loss asked for, packs everything into one :class:`DistillationContext` and hands it to each loss plug-in. A plug-in
 returns its *weighted* terms by name; the module adds them to the cross-entropy and logs each one under
-``train/loss/<plug-in name>/<term>``.
+``train/loss/<plug-in name>/<term>``, beside the term before its weight (``.../<term>_raw``) and the weight itself
+(``train/weight/<plug-in name>``): :func:`plugin_terms` runs each plug-in with its scheduled weight read as 1 and
+applies the weight itself, so both come from one forward pass.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from wkd_lightning.checks import (  # noqa: F401 -- re-exported: the losses' checks used to live here
     NonFiniteWatch,
     check_finite,
+    check_input_batch,
     check_integer,
     check_labels,
     check_logits,
@@ -27,6 +30,7 @@ from wkd_lightning.checks import (  # noqa: F401 -- re-exported: the losses' che
     check_total,
     class_indices,
     deferred_checks,
+    values_checked,
 )
 from wkd_lightning.losses.schedule import Constant, WeightSchedule
 
@@ -75,6 +79,9 @@ class DistillationLoss(nn.Module):
     name: str = "loss"
     #: Whether the plug-in needs a teacher; the module refuses to start without one when this is set.
     requires_teacher: bool = True
+    #: The terms that the plug-in returns without its scheduled weight (WKD-L's target term ``L_t``); every other term
+    #: must be ``scheduled_weight(ctx) · <unweighted term>``.
+    unweighted_terms: tuple[str, ...] = ()
 
     def __init__(self, weight: float = 1.0, schedule: WeightSchedule | None = None) -> None:
         super().__init__()
@@ -100,7 +107,11 @@ class DistillationLoss(nn.Module):
         """
 
     def scheduled_weight(self, ctx: DistillationContext) -> float:
-        """The weight at the context's epoch: ``weight · c(e)``."""
+        """The weight at the context's epoch: ``weight · c(e)`` (1 while :func:`plugin_terms` applies it itself)."""
+        if getattr(self, "_weight_applied_outside", False):
+            if not torch.compiler.is_compiling():  # noted on eager calls only: no side effect in a compiled graph
+                self._reads_weight = True
+            return 1.0
         return self.weight * self.schedule(ctx.epoch, ctx.max_epochs)
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:  # pragma: no cover - interface
@@ -204,10 +215,21 @@ def keyed_loss_configs(losses: Mapping | Sequence | None) -> dict:
 
 
 def plugin_terms(
-    losses: Iterable[DistillationLoss], ctx: DistillationContext, *, checked: bool = True
+    losses: Iterable[DistillationLoss],
+    ctx: DistillationContext,
+    *,
+    checked: bool = True,
+    unweighted: dict[str, Tensor] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """Every plug-in's weighted terms on ``ctx``, keyed ``<plug-in name>/<term>`` (the names logged under
     ``train/loss/``).
+
+    Each plug-in runs with its scheduled weight read as 1 (:meth:`DistillationLoss.scheduled_weight`), so it returns
+    its terms before the weight; the weight ``w = weight · c(e)`` is then applied here to every term but the plug-in's
+    ``unweighted_terms``. The weighted values are those of a plain call (``w · x`` either way). A plug-in that never
+    asks for its scheduled weight (one that applies ``self.weight`` itself, say) is taken to return weighted terms, as
+    they are: it has no unweighted terms or weight to report.
 
     Args:
         losses: the plug-ins.
@@ -215,10 +237,35 @@ def plugin_terms(
         checked: run the plug-ins' value checks, eagerly (a plug-in compiled with ``nn.Module.compile`` runs its
             eager code, hooks included); ``False`` skips them (:func:`~wkd_lightning.checks.deferred_checks`) and runs
             the plug-ins as they are, compiled or not.
+        unweighted: filled, when given, with each term before its weight, under the same keys.
+        weights: filled, when given, with each plug-in's weight ``w`` at this epoch, keyed by plug-in name.
     """
     eager = torch.compiler.set_stance("force_eager") if checked else nullcontext()
+    terms = {}
     with deferred_checks(not checked), eager:
-        return {f"{loss.name}/{key}": value for loss in losses for key, value in loss(ctx).items()}
+        for loss in losses:
+            weight = loss.scheduled_weight(ctx)
+            loss._weight_applied_outside = True
+            try:
+                raw = loss(ctx)
+            finally:
+                loss._weight_applied_outside = False
+            # Whether the plug-in asks for its weight is seen on eager calls (a checked call always is one); compiled
+            # calls keep what was seen.
+            asked = loss.__dict__.pop("_reads_weight", False)
+            if asked or checked:
+                loss._weighted = asked
+            if not getattr(loss, "_weighted", True):
+                terms.update({f"{loss.name}/{key}": value for key, value in raw.items()})
+                continue
+            if weights is not None:
+                weights[loss.name] = weight
+            for key, value in raw.items():
+                name = f"{loss.name}/{key}"
+                terms[name] = value if key in loss.unweighted_terms else weight * value
+                if unweighted is not None:
+                    unweighted[name] = value
+    return terms
 
 
 def total_loss(
@@ -227,6 +274,8 @@ def total_loss(
     step: int,
     advice: str = "Lower the learning rate or the loss weights.",
     watch: NonFiniteWatch | None = None,
+    inputs: Tensor | None = None,
+    index: Tensor | None = None,
 ) -> Tensor:
     """``L = Σ terms``, the loss a training step minimises; a non-finite sum is an error naming the terms causing it.
 
@@ -237,16 +286,21 @@ def total_loss(
         advice: what to try, appended to the message.
         watch: check later, on the device (:class:`~wkd_lightning.checks.NonFiniteWatch`: no host synchronisation);
             ``None`` checks now.
+        inputs: the step's input batch: a non-finite sum is then blamed on its NaN/inf pixels, when it has some.
+        index: the batch's dataset indices (named in that message), or ``None``.
 
     Raises:
         FloatingPointError: the sum is NaN or infinite (now, or from ``watch`` a few steps later).
+        ValueError: the same, and ``inputs`` held NaN/inf pixels (:func:`~wkd_lightning.checks.input_message`).
     """
     stacked = torch.stack(list(terms.values()))
     total = stacked.sum()
     if watch is None:
+        if inputs is not None and values_checked() and not torch.isfinite(total):
+            check_input_batch(inputs, index, epoch, step)
         check_total(terms, total, epoch, step, advice)
     else:
-        watch.observe(terms, stacked, total, epoch, step)
+        watch.observe(terms, stacked, total, epoch, step, inputs, index)
     return total
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from wkd_lightning.checks import check_cost, check_number
+from wkd_lightning.checks import check_cost, check_cost_meaning, check_number
 
 #: Added to ``relu(D)`` so that every cost is strictly positive (released behaviour, SPEC §1.3).
 COST_FLOOR = 1e-8
@@ -39,6 +39,11 @@ def sharpen_cost(cost: Tensor, kappa: float) -> Tensor:
 
 
 def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
+    """:func:`load_cost_file` without the metadata: the (sharpened) C×C cost."""
+    return load_cost_file(path, kappa)[0]
+
+
+def load_cost_file(path: str | Path, kappa: float = 1.0) -> tuple[Tensor, dict]:
     """Load a C×C category-cost matrix saved with ``torch.save`` and sharpen it unless that was already done.
 
     The file holds either a plain C×C tensor, or a dict with key ``"cost"`` (the C×C tensor) and metadata such as
@@ -50,12 +55,14 @@ def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
         kappa: the sharpening factor ``κ`` applied by :func:`sharpen_cost` (0 disables it).
 
     Returns:
-        The (sharpened) C×C cost matrix in fp32 on the CPU.
+        The (sharpened) C×C cost matrix in fp32 on the CPU, and the file's metadata (``{}`` for a plain tensor).
 
     Raises:
         FileNotFoundError: if the file does not exist (the message says how to make one).
         ValueError: if ``torch.load(..., weights_only=True)`` cannot read the file, the file holds something else, or
-            the matrix is not a finite square matrix (the message names the file and counts the NaN/inf entries).
+            the matrix is not a finite square matrix (the message names the file and counts the NaN/inf entries),
+            or it is no distance: negative entries, or a similarity matrix (see
+            :func:`~wkd_lightning.checks.check_cost_meaning`).
     """
     path = Path(path)
     source = f"WKD-L cost file {str(path)!r}"
@@ -74,18 +81,19 @@ def load_cost(path: str | Path, kappa: float = 1.0) -> Tensor:
             f"{source} could not be read with torch.load(weights_only=True) ({type(err).__name__}: {reason}); "
             f"{expected}, written by `wkd-ir` or by torch.save(torch.as_tensor(D), path)."
         ) from err
-    kappa_applied = False
+    metadata = {}
     if isinstance(obj, dict):
         if "cost" not in obj:
             raise ValueError(
                 f"{source} holds a dict without a 'cost' entry (keys: {sorted(map(str, obj))}); {expected}."
             )
-        kappa_applied = bool(obj.get("kappa_applied", False))
+        metadata = {k: v for k, v in obj.items() if k != "cost"}
         obj = obj["cost"]
     if not isinstance(obj, Tensor):
         raise ValueError(f"{source} holds a {type(obj).__name__}; {expected}.")
     cost = check_cost(obj.float(), None, source)
-    return cost if kappa_applied else sharpen_cost(cost, kappa)
+    check_cost_meaning(cost, source)
+    return (cost if metadata.get("kappa_applied", False) else sharpen_cost(cost, kappa)), metadata
 
 
 def positive_cost(cost: Tensor) -> Tensor:

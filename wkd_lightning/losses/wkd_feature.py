@@ -12,10 +12,12 @@ covariance (an option beyond the release).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
-from wkd_lightning.checks import check_feature_maps, check_integer, check_number
+from wkd_lightning.checks import check_feature_maps, check_grid_cells, check_integer, check_number
 from wkd_lightning.losses.base import DistillationContext, float32
 from wkd_lightning.losses.projectors import ProjectedFeatureLoss
 from wkd_lightning.losses.schedule import WeightSchedule
@@ -234,6 +236,17 @@ class WKDFeature(ProjectedFeatureLoss):
         self.grid = check_integer(grid, "grid", "WKDFeature")
         self.mean_weight = check_number(mean_weight, "mean_weight (ρ)", "WKDFeature")
         self.covariance = covariance
+
+    def build(self, student_features: Mapping[str, Tensor], teacher_features: Mapping[str, Tensor]) -> None:
+        """The projector (see :meth:`ProjectedFeatureLoss.build`), once the grid is known to fit the teacher's map.
+
+        Raises:
+            ValueError: the grid leaves single-pixel cells (:func:`~wkd_lightning.checks.check_grid_cells`).
+        """
+        if self.teacher_path in teacher_features:
+            owner = f"{type(self).__name__} (teacher_path {self.teacher_path!r})"
+            check_grid_cells(tuple(teacher_features[self.teacher_path].shape), self.grid, owner)
+        super().build(student_features, teacher_features)
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
         projected, teacher = self.project(ctx)

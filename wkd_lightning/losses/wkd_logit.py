@@ -24,6 +24,7 @@ from torch import Tensor
 from wkd_lightning.checks import (
     assert_on_device,
     check_cost,
+    check_cost_meaning,
     check_cost_size,
     check_logits,
     check_number,
@@ -36,6 +37,7 @@ from wkd_lightning.losses.cost import (  # noqa: F401 -- re-exported: the cost h
     COST_FLOOR,
     compute_dtype,
     load_cost,
+    load_cost_file,
     positive_cost,
     sharpen_cost,
     uniform_cost,
@@ -147,6 +149,7 @@ class WKDLogit(DistillationLoss):
     """
 
     name = "wkd_l"
+    unweighted_terms = ("target",)  # L_t: neither scaled by γ nor decayed
 
     cost_matrix: Tensor | None
     kernel: Tensor | None
@@ -173,11 +176,15 @@ class WKDLogit(DistillationLoss):
         self.register_buffer("kernel", None, persistent=False)
         self.register_buffer("kernel_cost", None, persistent=False)
         self._stable = False
+        #: The class names stored with a cost file (``wkd-ir`` writes them); checked against the data's at set-up.
+        self.cost_class_names: list[str] | None = None
         if isinstance(cost, Tensor):
             self.set_cost(cost)
         elif isinstance(cost, (str, os.PathLike)):
             if cost != "uniform":
-                self.set_cost(load_cost(cost, self.kappa), sharpened=True)
+                matrix, metadata = load_cost_file(cost, self.kappa)
+                self.cost_class_names = metadata.get("class_names")
+                self.set_cost(matrix, sharpened=True)
         else:
             raise ValueError(
                 f"{cls}: cost must be 'uniform', a file path or a C×C tensor, got {type(cost).__name__} ({cost!r})."
@@ -198,11 +205,13 @@ class WKDLogit(DistillationLoss):
                 sharpened here with ``κ`` (like a tensor passed to ``__init__``).
 
         Raises:
-            ValueError: if ``cost`` is not a finite square matrix of size >= 2, or is too large for ``sinkhorn_eps``
-                even in float64 (checked here, so a bad configuration fails when the loss is made, not mid-run).
+            ValueError: if ``cost`` is not a finite square matrix of size >= 2, is no distance (negative entries, a
+                similarity matrix), or is too large for ``sinkhorn_eps`` even in float64 (checked here, so a bad
+                configuration fails when the loss is made, not mid-run).
         """
         name = f"{type(self).__name__}.set_cost"
         cost = check_cost(cost.detach().float(), None, name)
+        check_cost_meaning(cost, name)
         if not sharpened:
             cost = sharpen_cost(cost, self.kappa)
         device = self.cost_matrix.device if self.cost_matrix is not None else cost.device
