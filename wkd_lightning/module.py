@@ -47,6 +47,9 @@ from wkd_lightning.losses.base import (
 from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
+#: Arguments that are objects (networks, loss plug-ins, optimizer callables): kept out of the hyperparameters of a
+#: module built in Python (they would be pickled), stored as their config when LightningCLI builds the module.
+INJECTED_ARGUMENTS = ("student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler")
 #: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
 ONLINE_TEACHER_PREFIX = "online_teacher."
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
@@ -124,9 +127,12 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            ignore=["student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler"]
-        )
+        self.save_hyperparameters(ignore=list(INJECTED_ARGUMENTS))
+        if "_instantiator" in self.hparams:
+            # Built by LightningCLI: the hyperparameters are the run's config, in which the injected networks, losses
+            # and optimizer are plain `class_path`/`init_args` data; stored too, they let `load_from_checkpoint(path)`
+            # rebuild the module from the checkpoint alone (through Lightning's trusted CLI instantiator).
+            self.save_hyperparameters()
         self.student = student
         self.losses = loss_plugins(losses)
         # Before the student's hooks exist: an online teacher may copy the student.
