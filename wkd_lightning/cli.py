@@ -33,7 +33,8 @@ from wkd_lightning.distributed import DEFAULT_TIMEOUT_S, set_process_group_timeo
 from wkd_lightning.errors import run_command
 from wkd_lightning.healthy import FiniteModelCheckpoint
 from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
-from wkd_lightning.module import DistillationModule
+from wkd_lightning.module import INJECTED_ARGUMENTS, DistillationModule
+from wkd_lightning.predictions import PredictionWriter
 from wkd_lightning.recipe import RecipeCheck, plain, recipe_of
 from wkd_lightning.rundirs import (
     EVALUATION_COMMANDS,
@@ -84,6 +85,8 @@ class WKDCLI(LightningCLI):
         parser.set_defaults({"summary.metric": monitor})
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
+        # `wkd predict` writes <evaluation folder>/predictions.csv (the top-k of every sample); idle in other commands.
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_argument(
             "--ddp_timeout",
             type=float,
@@ -164,7 +167,9 @@ class WKDCLI(LightningCLI):
         stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
         model = self.config[subcommand].get("model") or {}
         for key, value in stored.items():
-            if key in model and not key.startswith("_") and plain(model[key]) != plain(value):
+            if key.startswith("_") or key in INJECTED_ARGUMENTS:  # networks, losses, optimizer: RecipeCheck compares
+                continue
+            if key in model and plain(model[key]) != plain(value):
                 warnings.warn(
                     f"--ckpt_path {ckpt_path}: model.{key} is {model[key]!r} in this command but {value!r} in the "
                     f"checkpoint; the command's value is used (as --print_config shows). Pass --model.{key} "

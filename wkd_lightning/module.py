@@ -376,8 +376,10 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         self.log_dict(self.test_metrics, batch_size=batch[0].shape[0])
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """The student's class probabilities (softmax in float32), B×C; ``wkd predict`` writes their top-k
+        (:mod:`wkd_lightning.predictions`)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.student(x).softmax(dim=1)
+        return self.student(x).float().softmax(dim=1)
 
     def on_validation_epoch_end(self) -> None:
         # compute() reduces over every DDP rank (each sample counted once: evaluation shards are not padded, see

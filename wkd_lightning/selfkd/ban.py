@@ -134,10 +134,10 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
     which = settings["teacher_checkpoint"] or "last"
     if which not in TEACHER_CHECKPOINTS:
         parser.error(f"--teacher_checkpoint must be one of {', '.join(TEACHER_CHECKPOINTS)}, got {which!r}.")
-    if which == "best" and generations > 1:
-        warnings.warn(BEST_TEACHER_WARNING, UserWarning, stacklevel=2)
     if not isinstance(generations, int) or isinstance(generations, bool) or generations < 1:
         parser.error(f"--generations must be an integer >= 1 (generation 0 is the student alone), got {generations!r}.")
+    if which == "best" and generations > 1:
+        warnings.warn(BEST_TEACHER_WARNING, UserWarning, stacklevel=2)
     if ir_method is not None and ir_method not in ir_cli.CLI_METHODS:
         parser.error(f"--ir_method {ir_method!r} is unknown; choose one of {', '.join(ir_cli.CLI_METHODS)}.")
     clashing = [arg for arg in fit_args if arg.split("=", 1)[0] in DRIVER_ARGUMENTS]
