@@ -165,3 +165,23 @@ def test_wkd_ban_bad_input_is_one_message(tmp_path):
     assert "Traceback" not in finished.output
     debug = run(["wkd-ban", "-c", str(config), "--generations=2", "--debug"], tmp_path / "debug.log")
     assert debug.returncode == 1 and "Traceback" in debug.output
+
+
+def test_export_refuses_checkpoints_it_cannot_rebuild(tmp_path):
+    linear = torch.nn.Linear(4, 3)
+    weights = {f"student.{k}": v for k, v in linear.state_dict().items()}
+    foreign = tmp_path / "foreign/checkpoints/x.ckpt"  # no student config, no config.yaml beside its folder
+    foreign.parent.mkdir(parents=True)
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": weights, "hyper_parameters": {}}, foreign)
+    finished = run(["wkd", "export", f"--ckpt_path={foreign}", f"--output={tmp_path}/a.pt"], tmp_path / "a.log")
+    assert finished.returncode == 1 and f"wkd export: error: {foreign} stores no student config" in finished.output
+
+    unsized = tmp_path / "unsized.ckpt"  # an architecture the registry does not know: no input size
+    student = {"class_path": "torch.nn.Linear", "init_args": {"in_features": 4, "out_features": 3}}
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": weights,
+                "hyper_parameters": {"student": student}}, unsized)  # fmt: skip
+    args = ["wkd", "export", f"--ckpt_path={unsized}", "--format=torchscript", f"--output={tmp_path}/b.ts"]
+    finished = run(args, tmp_path / "b.log")
+    assert finished.returncode == 1 and "wkd export: error: torchscript needs one input's size" in finished.output
+    assert "--input_size C H W" in finished.output and "Traceback" not in finished.output
+    assert not (tmp_path / "b.ts").exists()
