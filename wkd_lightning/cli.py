@@ -7,7 +7,9 @@ Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full reso
 box mAP for detectors; ``last-interrupted.ckpt`` when Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes a
 run from the newest of them. A fresh fit into a run directory that holds an earlier fit is refused (``--new_version
 true``: into ``<run dir>/version_<N>``); ``validate``/``test``/``predict`` write into ``<run dir>/<subcommand>/<time
-stamp>`` (:mod:`wkd_lightning.rundirs`). More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
+stamp>`` (:mod:`wkd_lightning.rundirs`), ``predict`` its ``predictions.csv`` (:mod:`wkd_lightning.predictions`).
+``wkd models``, ``wkd configs`` (:mod:`wkd_lightning.catalog`) and ``wkd export`` (:mod:`wkd_lightning.export`) are
+commands of their own. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
 in the run directory is always kept.
 """
 
@@ -85,8 +87,9 @@ class WKDCLI(LightningCLI):
         parser.set_defaults({"summary.metric": monitor})
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
-        # `wkd predict` writes <evaluation folder>/predictions.csv (the top-k of every sample); idle in other commands.
-        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        if not issubclass(self.model_class, DetectionDistillationModule):  # a classifier's top-k, not boxes
+            # `wkd predict` writes <evaluation folder>/predictions.csv (the top-k of every sample); idle otherwise.
+            parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_argument(
             "--ddp_timeout",
             type=float,
