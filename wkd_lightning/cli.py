@@ -7,16 +7,18 @@ Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full reso
 box mAP for detectors; ``last-interrupted.ckpt`` when Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes a
 run from the newest of them. A fresh fit into a run directory that holds an earlier fit is refused (``--new_version
 true``: into ``<run dir>/version_<N>``); ``validate``/``test``/``predict`` write into ``<run dir>/<subcommand>/<time
-stamp>`` (:mod:`wkd_lightning.rundirs`). More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
+stamp>`` (:mod:`wkd_lightning.rundirs`), ``predict`` its ``predictions.csv`` (:mod:`wkd_lightning.predictions`).
+``wkd models``, ``wkd configs`` (:mod:`wkd_lightning.catalog`) and ``wkd export`` (:mod:`wkd_lightning.export`) are
+commands of their own. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
 in the run directory is always kept.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import inspect
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Iterable
@@ -27,23 +29,19 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wkd_lightning.catalog import CatalogHelpFormatter
 from wkd_lightning.checkpoints import check_run_checkpoint
 from wkd_lightning.config_layers import LOSSES_OPTION, WKDArgumentParser, keyed_losses_argv
 from wkd_lightning.detection import DetectionDistillationModule
-from wkd_lightning.distributed import (
-    DEFAULT_TIMEOUT_S,
-    end_process_group,
-    explain_collective_failure,
-    set_process_group_timeout,
-)
-from wkd_lightning.errors import user_errors_as_messages
+from wkd_lightning.distributed import DEFAULT_TIMEOUT_S, set_process_group_timeout
+from wkd_lightning.errors import run_command
 from wkd_lightning.healthy import FiniteModelCheckpoint
 from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
 from wkd_lightning.losses.base import DistillationLoss
 from wkd_lightning.losses.schedule import WeightSchedule
-from wkd_lightning.module import DistillationModule
+from wkd_lightning.module import INJECTED_ARGUMENTS, DistillationModule
+from wkd_lightning.predictions import PredictionWriter
 from wkd_lightning.recipe import RecipeCheck, plain, recipe_of
 from wkd_lightning.rundirs import (
     EVALUATION_COMMANDS,
@@ -95,6 +93,9 @@ class WKDCLI(LightningCLI):
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
         parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")
         parser.add_lightning_class_args(EpochLRMonitor, "lr_monitor")  # lr-<optimizer> once per epoch, if logged
+        if not issubclass(self.model_class, DetectionDistillationModule):  # a classifier's top-k, not boxes
+            # `wkd predict` writes <evaluation folder>/predictions.csv (the top-k of every sample); idle otherwise.
+            parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_argument(
             "--ddp_timeout",
             type=float,
@@ -190,7 +191,9 @@ class WKDCLI(LightningCLI):
         stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {}
         model = self.config[subcommand].get("model") or {}
         for key, value in stored.items():
-            if key in model and not key.startswith("_") and plain(model[key]) != plain(value):
+            if key.startswith("_") or key in INJECTED_ARGUMENTS:  # networks, losses, optimizer: RecipeCheck compares
+                continue
+            if key in model and plain(model[key]) != plain(value):
                 warnings.warn(
                     f"--ckpt_path {ckpt_path}: model.{key} is {model[key]!r} in this command but {value!r} in the "
                     f"checkpoint; the command's value is used (as --print_config shows). Pass --model.{key} "
@@ -337,6 +340,13 @@ def make_cli(
     """
     # Lightning 2.6 trips a deprecation of newer torch's pytree on every run; it is not the user's concern.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # The help of --model.student/--model.teacher lists our models, not every nn.Module subclass torch defines.
+    formatter = {"formatter_class": CatalogHelpFormatter}
+    parser_kwargs = {**formatter, **{name: dict(formatter) for name in LightningCLI.subcommands()}}
+    if model_class is DistillationModule:
+        parser_kwargs["epilog"] = "more commands: " + "; ".join(
+            f"wkd {name}: {what}" for name, (_, _, what) in EXTRA_COMMANDS.items()
+        )
     return WKDCLI(
         model_class,
         L.LightningDataModule,
@@ -345,31 +355,37 @@ def make_cli(
         save_config_kwargs={"overwrite": True},
         parser_class=WKDArgumentParser,
         seed_everything_default=0,
+        parser_kwargs=parser_kwargs,
         args=args,
         run=run,
     )
 
 
+#: ``wkd`` commands besides LightningCLI's fit/validate/test/predict: name → (module, function, what it does).
+EXTRA_COMMANDS = {
+    "models": ("wkd_lightning.catalog", "models_main", "list the registered architectures and their class paths"),
+    "configs": ("wkd_lightning.catalog", "configs_main", "list the shipped configs with a line on each"),
+    "export": ("wkd_lightning.export", "main", "write a trained student alone (state_dict, TorchScript, ONNX)"),
+}
+
+
 def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
     """Entry point of the ``wkd`` console script.
 
-    A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention; Ctrl-C: 130), not Lightning's 0,
-    so that job schedulers and scripts can tell an interrupted run from a finished one. A collective that failed
-    because another rank died or hung ends with one message that says so. A bad input (a wrong config value, a
-    missing or damaged file, a used run directory) ends with its message alone and exit status 1; ``--debug`` or
-    ``WKD_DEBUG=1`` shows the traceback (:mod:`wkd_lightning.errors`).
+    ``wkd models``, ``wkd configs`` and ``wkd export`` (:data:`EXTRA_COMMANDS`) are recognised before LightningCLI
+    parses anything; everything else is LightningCLI's ``fit|validate|test|predict``. The command ends as every
+    training command does (:func:`~wkd_lightning.errors.run_command`): a bad input (a wrong config value, a missing
+    or damaged file, a used run directory) with its message alone and exit status 1 (``--debug`` or ``WKD_DEBUG=1``:
+    the traceback); a stop by SIGTERM with 143 (Ctrl-C: 130), not Lightning's 0; a collective that failed because
+    another rank died or hung with one message that says so.
     """
-    with user_errors_as_messages():
-        try:
-            make_cli(model_class=model_class)
-            end_process_group()
-        except SIGTERMException as stop:  # RunInterrupted carries the signal (Ctrl-C: 130); Lightning's: SIGTERM
-            sys.exit(128 + getattr(stop, "signum", signal.SIGTERM))
-        except RuntimeError as error:
-            explanation = explain_collective_failure(error)
-            if explanation is None:
-                raise
-            raise SystemExit(f"wkd: {explanation}") from error
+    extra = sys.argv[1] if len(sys.argv) > 1 and model_class is DistillationModule else None
+    if extra in EXTRA_COMMANDS:
+        module_name, function, _ = EXTRA_COMMANDS[extra]
+        command = getattr(importlib.import_module(module_name), function)
+        run_command(lambda: command(sys.argv[2:]), f"wkd {extra}")
+        return
+    run_command(lambda: make_cli(model_class=model_class))
 
 
 def detection_main() -> None:

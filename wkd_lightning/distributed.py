@@ -13,12 +13,19 @@ from datetime import timedelta
 from functools import partial
 
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 #: Seconds a rank waits in one collective by default (torch's own default is 30 minutes).
 DEFAULT_TIMEOUT_S = 600.0
 #: Fragments of the errors torch raises when a peer of a collective is gone or too slow.
 PEER_FAILURE_MARKERS = ("timed out", "timeout", "connection reset by peer", "connection closed by peer", "broken pipe")
+
+
+def say(message: str) -> None:
+    """Print ``message`` once: on global rank 0 only (under a launcher, every rank runs the command)."""
+    if rank_zero_only.rank == 0:
+        print(message, flush=True)
 
 
 def set_process_group_timeout(strategy: Strategy, seconds: float) -> None:

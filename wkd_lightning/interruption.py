@@ -93,6 +93,8 @@ class StopOnSignal(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # This rank lost its peers (a collective timed out or was reset): the processes it launched may hang where
         # they are (stopped, deadlocked), and Lightning only ends them after Ctrl-C. Runs after the checkpoint save.
+        # Only here can they be killed (the launcher is the trainer's); the user's message is printed once, at the
+        # top of the command, by errors.run_command, after Lightning has re-raised the error.
         launcher = trainer.strategy.launcher
         if launcher is not None and explain_collective_failure(exception) is not None:
             launcher.kill(signal.SIGKILL)

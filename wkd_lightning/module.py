@@ -48,6 +48,9 @@ from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 from wkd_lightning.teacher_accuracy import TeacherAccuracy
 
+#: Arguments that are objects (networks, loss plug-ins, optimizer callables): kept out of the hyperparameters of a
+#: module built in Python (they would be pickled), stored as their config when LightningCLI builds the module.
+INJECTED_ARGUMENTS = ("student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler")
 #: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
 ONLINE_TEACHER_PREFIX = "online_teacher."
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
@@ -136,9 +139,12 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            ignore=["student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler"]
-        )
+        self.save_hyperparameters(ignore=list(INJECTED_ARGUMENTS))
+        if "_instantiator" in self.hparams:
+            # Built by LightningCLI: the hyperparameters are the run's config, in which the injected networks, losses
+            # and optimizer are plain `class_path`/`init_args` data; stored too, they let `load_from_checkpoint(path)`
+            # rebuild the module from the checkpoint alone (through Lightning's trusted CLI instantiator).
+            self.save_hyperparameters()
         self.student = student
         self.losses = loss_plugins(losses)
         # Before the student's hooks exist: an online teacher may copy the student.
@@ -417,8 +423,10 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         self.log_dict(self.test_metrics, batch_size=batch[0].shape[0])
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """The student's class probabilities (softmax in float32), B×C; ``wkd predict`` writes their top-k
+        (:mod:`wkd_lightning.predictions`)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.student(x).softmax(dim=1)
+        return self.student(x).float().softmax(dim=1)
 
     def on_validation_epoch_end(self) -> None:
         # compute() reduces over every DDP rank (each sample counted once: evaluation shards are not padded, see

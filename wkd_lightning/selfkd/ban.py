@@ -55,14 +55,14 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from wkd_lightning.cli import make_cli
+from wkd_lightning.distributed import say
+from wkd_lightning.errors import run_command
 from wkd_lightning.files import write_text_atomically
 from wkd_lightning.ir import cli as ir_cli
 from wkd_lightning.losses import WKDLogit
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import can_resume, is_complete, read_summary
 
-#: Under DDP every rank runs this driver (Lightning's launcher starts each with the same command); rank 0 speaks.
-say = rank_zero_only(print)
 #: Options of this command that a driver config's ``ban:`` section may set.
 BAN_OPTIONS = ("generations", "run_dir", "ir_method", "ir_layer", "teacher_checkpoint")
 #: Which checkpoint of generation k-1 teaches generation k: ``last`` (Born-Again Networks) or ``best`` (opt-in).
@@ -134,10 +134,10 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
     which = settings["teacher_checkpoint"] or "last"
     if which not in TEACHER_CHECKPOINTS:
         parser.error(f"--teacher_checkpoint must be one of {', '.join(TEACHER_CHECKPOINTS)}, got {which!r}.")
-    if which == "best" and generations > 1:
-        warnings.warn(BEST_TEACHER_WARNING, UserWarning, stacklevel=2)
     if not isinstance(generations, int) or isinstance(generations, bool) or generations < 1:
         parser.error(f"--generations must be an integer >= 1 (generation 0 is the student alone), got {generations!r}.")
+    if which == "best" and generations > 1:
+        warnings.warn(BEST_TEACHER_WARNING, UserWarning, stacklevel=2)
     if ir_method is not None and ir_method not in ir_cli.CLI_METHODS:
         parser.error(f"--ir_method {ir_method!r} is unknown; choose one of {', '.join(ir_cli.CLI_METHODS)}.")
     clashing = [arg for arg in fit_args if arg.split("=", 1)[0] in DRIVER_ARGUMENTS]
@@ -161,8 +161,8 @@ def run(args: Sequence[str] | None = None) -> list[Generation]:
             config = generation_config(fit_config, index, run_dir, settings["ir_layer"], ir_method, which)
             module = train_generation(config, gen_dir, fit_args)
         results.append(Generation(index, gen_dir, read_summary(gen_dir), module))
-    if rank_zero_only.rank == 0:
-        print(write_table(results, run_dir))
+    if rank_zero_only.rank == 0:  # the table's files too
+        say(write_table(results, run_dir))
     return results
 
 
@@ -188,8 +188,11 @@ def train_generation(config: dict, gen_dir: Path, fit_args: Sequence[str]) -> Di
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``wkd-ban`` console script (returns nothing, so the shell sees exit status 0)."""
-    run(args)
+    """Entry point of the ``wkd-ban`` console script. It ends as ``wkd`` does
+    (:func:`~wkd_lightning.errors.run_command`): a bad input with one ``wkd-ban: error: ...`` message and exit status
+    1 (``--debug``: the traceback), a stop by SIGTERM or Ctrl-C with 143 or 130, a lost DDP peer with one
+    explanation."""
+    run_command(lambda: run(args), "wkd-ban")
 
 
 def split_config(data: dict, path: Path) -> tuple[dict, dict]:
