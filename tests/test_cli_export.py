@@ -17,7 +17,7 @@ from tests.conftest import write_fashion_mnist
 from tests.distributed.launch import QUIET, run, run_ok
 from tests.test_cli_runs import VANILLA, fit_args
 from wkd_lightning import DistillationModule, FashionMNISTDataModule
-from wkd_lightning.models import mini_resnet8
+from wkd_lightning.models import mini_resnet8, mini_resnet14
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -90,6 +90,23 @@ def test_load_from_checkpoint_and_export_round_trips(fitted, tmp_path):
                   tmp_path / "missing.log")  # fmt: skip
     assert missing.returncode == 1 and "wkd export: error: --ckpt_path" in missing.output
     assert "does not exist" in missing.output and "Traceback" not in missing.output
+
+
+def test_load_from_checkpoint_rebuilds_projectors_sized_by_the_data(tmp_path, fashion_dir):
+    """WKD-F's projector is built at set-up from the data's input size; the checkpoint keeps that size, so the module
+    rebuilt from it alone has the projector and loads every trained weight (strict)."""
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    torch.save(mini_resnet14().state_dict(), teacher)
+    run_dir = tmp_path / "run"
+    args = [str(Path(VANILLA).with_name("wkd_f.yaml")) if a == VANILLA else a for a in fit_args(fashion_dir, run_dir)]
+    run_ok([*args, f"--model.teacher_weights={teacher}"], tmp_path / "fit.log")
+    best = run_dir / "checkpoints/best.ckpt"
+    stored = torch.load(best, weights_only=True)["state_dict"]
+    assert any(".projector." in k for k in stored)
+    module = DistillationModule.load_from_checkpoint(best, map_location="cpu")
+    state = module.state_dict()
+    assert state.keys() == stored.keys() and all(torch.equal(state[k], stored[k]) for k in stored)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed (dev extra)")

@@ -53,6 +53,8 @@ from wkd_lightning.teacher_accuracy import TeacherAccuracy
 INJECTED_ARGUMENTS = ("student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler")
 #: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
 ONLINE_TEACHER_PREFIX = "online_teacher."
+#: Checkpoint entry with the class count and input size that set-up resolved (see ``on_save_checkpoint``).
+SHAPES_KEY = "wkd_shapes"
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -320,6 +322,24 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             self.online_teacher.after_optimizer_step(self.student)
 
     # ------------------------------------------------------------------ checkpoints: never a pretrained teacher
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The shapes set-up took from the data module: a module rebuilt from the checkpoint alone
+        # (``load_from_checkpoint``) sizes its adapters (projectors) with them before the weights are loaded.
+        checkpoint[SHAPES_KEY] = {"num_classes": self.num_classes, "input_size": self.input_size}
+        super().on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        shapes = checkpoint.get(SHAPES_KEY) or {}
+        if self._trainer is None and not self._probed:  # load_from_checkpoint: no set-up before the weights load
+            if self.num_classes is None and shapes.get("num_classes") is not None:
+                self.num_classes = shapes["num_classes"]
+                self._make_metrics(self.num_classes)
+            if self.input_size is None and shapes.get("input_size") is not None:
+                self.input_size = tuple(shapes["input_size"])
+            if self.num_classes is not None:
+                self._probe()
+
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         return without_teacher(state, prefix)
