@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from itertools import chain
 
 import lightning as L
@@ -71,7 +70,9 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
             baseline student). Frozen exactly as in classification (:class:`~wkd_lightning.teacher.FrozenTeacher`):
             eval mode, no grad, never in the optimizer or in checkpoints.
         teacher_weights: its weights file (torchvision's COCO checkpoint, a ``wkd-det fit`` checkpoint, ...).
-        losses: distillation plug-ins; feature losses name ``"roi_align"`` or ``"box_head"`` as their paths.
+        losses: distillation plug-ins by key (a list is keyed by the plug-ins' names, as in
+            :class:`~wkd_lightning.module.DistillationModule`); feature losses name ``"roi_align"`` or ``"box_head"``
+            as their paths.
         optimizer: builds the optimizer from the student's and the losses' trainable parameters.
         lr_scheduler: an epoch-wise LR scheduler (e.g. ``MultiStepLR`` with milestones [8, 11] for the 1× schedule).
         warmup_steps: linear LR warm-up over this many optimizer steps from 0.001× (detectors diverge without one).
@@ -92,7 +93,7 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         student: nn.Module,
         teacher: nn.Module | None = None,
         teacher_weights: str | None = None,
-        losses: Sequence[DistillationLoss] | None = None,
+        losses: dict[str, DistillationLoss | None] | None = None,
         optimizer: OptimizerCallable = DetectionSGD,
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 1000,

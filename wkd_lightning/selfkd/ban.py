@@ -60,6 +60,7 @@ from wkd_lightning.errors import run_command
 from wkd_lightning.files import write_text_atomically
 from wkd_lightning.ir import cli as ir_cli
 from wkd_lightning.losses import WKDLogit
+from wkd_lightning.losses.base import keyed_loss_configs
 from wkd_lightning.module import DistillationModule
 from wkd_lightning.summary import can_resume, is_complete, read_summary
 
@@ -223,7 +224,9 @@ def check_fit_config(config: dict, path: Path, ir_method: str | None) -> None:
             f"{path} sets model.online_teacher: Born-Again generations distil from the previous generation's "
             "checkpoint; remove the online teacher (or run the config with `wkd fit`)."
         )
-    if ir_method is not None and not any(issubclass(_loss_class(x), WKDLogit) for x in model.get("losses") or []):
+    if ir_method is not None and not any(
+        issubclass(_loss_class(x), WKDLogit) for x in keyed_loss_configs(model.get("losses")).values()
+    ):
         raise ValueError(f"--ir_method {ir_method} builds WKD-L costs, but {path} has no WKDLogit loss.")
 
 
@@ -247,7 +250,8 @@ def generation_config(
     if index == 0:
         model.pop("teacher", None)
         model.pop("teacher_weights", None)
-        model["losses"] = [loss for loss in model.get("losses") or [] if not _loss_class(loss).requires_teacher]
+        losses = keyed_loss_configs(model.get("losses"))
+        model["losses"] = {key: loss for key, loss in losses.items() if not _loss_class(loss).requires_teacher}
         return config
     previous = run_dir / f"gen{index - 1}"
     weights = previous / "checkpoints" / f"{teacher_checkpoint}.ckpt"
@@ -264,7 +268,7 @@ def generation_config(
         if not (cost_file.is_file() and can_resume(gen_dir)):
             cost_file = build_cost(resolved, weights, gen_dir / "ir", ir_method, ir_layer)
         # else: a resumed generation keeps the cost it started with (it trained on it)
-        for loss in model["losses"]:
+        for loss in keyed_loss_configs(model["losses"]).values():  # the same entries: set in place
             if issubclass(_loss_class(loss), WKDLogit):
                 loss.setdefault("init_args", {})["cost"] = str(cost_file)
     return config
