@@ -56,7 +56,7 @@ def test_each_generation_distils_from_the_previous_ones_last_frozen_weights(tmp_
     record = torch.load(cost_file, weights_only=True)
     assert record["teacher_weights"] == str(last0) and record["layer"] == "pool"
     config = yaml.safe_load((run_dir / "gen1" / "config.input.yaml").read_text())
-    assert config["model"]["losses"][0]["init_args"]["cost"] == str(cost_file)
+    assert config["model"]["losses"]["wkd_l"]["init_args"]["cost"] == str(cost_file)
     assert [config["seed_everything"], yaml.safe_load((run_dir / "gen0" / "config.input.yaml").read_text())[
         "seed_everything"]] == [1, 0]  # fmt: skip
     (loss,) = gen1.module.losses
