@@ -171,7 +171,9 @@ def command_line(spec: StudySpec, task: Task, resume: bool = False, python: str 
     """The command line of a task (see the module docstring); its config file is ``<task dir>/study.input.yaml``."""
     module, head = COMMANDS[task.entry.command]
     args = [substitute(a, placeholders(spec, task)) for a in task.entry.args]
-    command = [python or sys.executable, "-m", module, *head, "-c", str(task.dir / INPUT_FILE)]
+    command = [python or sys.executable, "-m", module, *head]
+    if task.entry.configs:
+        command += ["-c", str(task.dir / INPUT_FILE)]
     if task.entry.command == "wkd fit":
         command += [*args, f"--trainer.default_root_dir={task.dir}", "--trainer.enable_progress_bar=false"]
         if task.seed is not None:

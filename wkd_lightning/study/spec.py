@@ -320,7 +320,7 @@ def _entry(data, index: int, path: Path, *, is_step: bool, defaults: dict) -> En
     if command not in allowed:
         raise StudyFileError(f"{where}: command {command!r} is not one of {', '.join(allowed)}.")
     configs = tuple(Path(str(c)) for c in _as_list(data.get("config")))
-    if not configs:
+    if not configs and command != "wkd-ir":
         raise StudyFileError(f"{where} has no `config:`; name the config file(s) it runs.")
     for config in configs:
         if not config.is_file():
@@ -339,9 +339,12 @@ def _entry(data, index: int, path: Path, *, is_step: bool, defaults: dict) -> En
     link = data.get("link") or {}
     if not isinstance(link, dict):
         raise StudyFileError(f"{where}: `link:` must map a sub-folder to a run name, e.g. {{gen0: vanilla}}.")
+    config = merge_configs(configs)
+    for dotted, value in settings.items():  # checked now: a wrong path is found before anything runs
+        set_path(config, dotted, value, where=where)
     result = str(data.get("result") or "")
     if not is_step and command == "wkd-ban" and not result:
-        result = f"gen{_generations(configs, args, where) - 1}"
+        result = f"gen{_generations(config, args, where) - 1}"
     if Path(result).is_absolute() or ".." in Path(result).parts:
         raise StudyFileError(f"{where}: result {result!r} must be a sub-folder of the run directory.")
     link_needs = tuple(str(t) for t in link.values() if str(t) not in needs)
@@ -360,14 +363,14 @@ def _entry(data, index: int, path: Path, *, is_step: bool, defaults: dict) -> En
     )
 
 
-def _generations(configs: Sequence[Path], args: Sequence[str], where: str) -> int:
+def _generations(config: dict, args: Sequence[str], where: str) -> int:
     """The number of generations of a ``wkd-ban`` run (``--generations`` in args, else the config's ``ban:``)."""
     for i, arg in enumerate(args):
         if arg.startswith("--generations="):
             return int(arg.split("=", 1)[1])
         if arg == "--generations" and i + 1 < len(args):
             return int(args[i + 1])
-    generations = (merge_configs(configs).get("ban") or {}).get("generations")
+    generations = (config.get("ban") or {}).get("generations")
     if not isinstance(generations, int):
         raise StudyFileError(
             f"{where}: cannot tell how many generations this wkd-ban run has; set ban.generations in "
@@ -436,7 +439,7 @@ def merge_configs(paths: Sequence[Path]) -> dict:
     return config
 
 
-def set_path(config: dict, dotted: str, value) -> None:
+def set_path(config: dict, dotted: str, value, where: str = "") -> None:
     """Write ``value`` at ``dotted`` (``model.losses.0.init_args.weight``: numbers index lists) in place.
 
     Raises:
@@ -444,12 +447,13 @@ def set_path(config: dict, dotted: str, value) -> None:
     """
     parts = dotted.split(".")
     node = config
+    where = f"{where}: " if where else ""
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise StudyFileError(
-                    f"set {dotted}: {'.'.join(parts[:i]) or 'the config'} is a list of {len(node)}; "
+                    f"{where}set {dotted}: {'.'.join(parts[:i]) or 'the config'} is a list of {len(node)}; "
                     f"{part!r} is not an index of it (0 to {len(node) - 1})."
                 )
             key = int(part)
@@ -458,7 +462,7 @@ def set_path(config: dict, dotted: str, value) -> None:
             if not last and key not in node:
                 node[key] = {}
         else:
-            raise StudyFileError(f"set {dotted}: {'.'.join(parts[:i])} is {node!r}, not a mapping or a list.")
+            raise StudyFileError(f"{where}set {dotted}: {'.'.join(parts[:i])} is {node!r}, not a mapping or a list.")
         if last:
             node[key] = value
         else:
