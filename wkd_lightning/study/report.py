@@ -335,7 +335,7 @@ def write_report(report: dict, paths: dict[str, Path]) -> dict[str, Path]:
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     images, written = {}, {}
     rows = [r for r in report["runs"] if r["n"]]
-    title = report["title"] + (" (--quick)" if report.get("quick") else "")
+    title = report["title"] + (" (--quick)" if report.get("quick") and "quick" not in report["title"] else "")
     if rows:
         plots.plot_bars(rows, paths["bars"], title=title, baseline=report.get("baseline"))
         images["top-1 per run"], written["bars"] = paths["bars"].name, paths["bars"]
