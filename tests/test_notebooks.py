@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from study_module import load_study
+
+from wkd_lightning.study import report as report_module
+from wkd_lightning.study.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -101,31 +103,34 @@ def test_transport_plans_notebook(quick_env):
 
 
 @pytest.mark.slow
-def test_results_notebook_with_and_without_results(tmp_path):
-    study = load_study()
+def test_results_notebook_with_and_without_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the study file names its configs relative to the repository
+    spec = load_study(ROOT / "configs" / "studies" / "fashion_mnist.yaml")
     records = [
-        {"method": method, "seed": seed, "best_top1": top1, "last_top1": top1, "complete": True, "seconds": 1.0}
-        for method, values in (("kd", (0.85, 0.86)), ("wkd_l_class_mean_cosine", (0.86, 0.88)))
+        {"key": f"{run}/seed{seed}", "run": run, "seed": seed, "dir": "runs/study", "complete": True, "epochs": 12,
+         "seconds": 1.0, "best_top1": top1, "last_top1": top1, "best_top5": 0.99, "last_top5": 0.99}
+        for run, values in (("kd", (0.85, 0.86)), ("wkd_l_class_mean_cosine", (0.86, 0.88)))
         for seed, top1 in enumerate(values)
-    ]
-    report = {
-        "generated": "2026-01-01T00:00:00",
-        "command": "python benchmarks/fashion_mnist_study.py",
-        "settings": study.full_settings().as_dict(),
-        "study_dir": "runs/study",
-        "reference": "kd",
-        "teacher": {"best_top1": 0.91},
-        "ir": {"class_mean_cosine": {"score": 1.0, "chance": 0.286}},
-        "methods": study.aggregate(records),
-        "runs": records,
-        "curves": {"kd": {"0": [80.0, 85.0], "1": [81.0, 86.0]}},
-    }
+    ]  # fmt: skip
+    report = report_module.build_report(spec)  # the study's real shape, then synthetic runs in it
+    report.update(
+        runs=report_module.aggregate(spec, records),
+        records=records,
+        curves={"kd": {"0": [80.0, 85.0], "1": [81.0, 86.0]}},
+        steps=[{"step": "teacher", "command": "wkd fit", "complete": True, "best_top1": 0.91, "last_top1": 0.91},
+               {"step": "ir", "command": "wkd-ir", "complete": True,
+                "costs": {"class_mean_cosine": {"score": 1.0, "chance": 0.286}}}],
+    )  # fmt: skip
     path = tmp_path / "fashion_mnist.json"
     path.write_text(json.dumps(report))
     notebook = execute("03_results.ipynb", {"WKD_RESULTS_JSON": str(path)})
     text = outputs(notebook)
-    assert "| wkd_l_class_mean_cosine |" in text and "+1.50 ± 0.71" in text
+    assert "| wkd_l_class_mean_cosine |" in text and "+1.50 ± 0.71" in text and "| ir | class_mean_cosine |" in text
     assert images(notebook) == 2
+
+    notebook = execute("03_results.ipynb", {"WKD_RESULTS_JSON": str(ROOT / "benchmarks/results/fashion_mnist.json")})
+    text = outputs(notebook)  # the committed results (converted to the wkd-study report format)
+    assert "| wkd_lf |" in text and "+2.43 ± 0.53 [+1.12, +3.74]" in text and images(notebook) == 2
 
     notebook = execute("03_results.ipynb", {"WKD_RESULTS_JSON": str(tmp_path / "missing.json")})
     assert "Nothing to show yet" in outputs(notebook) and images(notebook) == 0

@@ -1,360 +1,475 @@
-"""The Fashion-MNIST study script (``benchmarks/fashion_mnist_study.py``): aggregation, report, derived configs and
-resume logic on synthetic run directories (a fake runner stands in for training), plus one tiny real run."""
+"""``wkd-study`` and its components (``wkd_lightning/study/``): study files and their errors, the shipped studies'
+derived configs, statistics, the report, execution (order, needs, failures, ``--jobs``, resume) against a fast
+stand-in command, the SLURM array, and end-to-end runs of the real command on the tiny Fashion-MNIST fixture."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+import os
+import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from study_module import load_study
 
-from wkd_lightning.losses.base import keyed_loss_configs
-from wkd_lightning.schedules import cosine_length, epoch_of
+from tests.distributed.launch import run, run_ok
+from wkd_lightning.study import execute as execute_module
+from wkd_lightning.study import plan as plan_module
+from wkd_lightning.study import report as report_module
+from wkd_lightning.study import slurm, stats
+from wkd_lightning.study.spec import COMMANDS, StudyFileError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
+FASHION = ROOT / "configs" / "studies" / "fashion_mnist.yaml"
+CIFAR = ROOT / "configs" / "studies" / "cifar100.yaml"
+VANILLA = str(ROOT / "configs" / "fashion_mnist" / "vanilla.yaml")
+STUDY = [sys.executable, "-m", "wkd_lightning.commands.study"]
+#: The 12 methods of the Fashion-MNIST study, in its order.
+METHODS = ["vanilla", "kd", "dkd", "fitnet", "wkd_l_cka_paired", "wkd_l_class_mean_cosine", "wkd_l_uniform", "wkd_f",
+           "wkd_lf", "ban_kd", "ban_wkd_l", "self_kd_online"]  # fmt: skip
+#: Student t quantiles t(0.975, dof), from a printed table (independent of scipy).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 
 
-study = load_study()
+@pytest.fixture(autouse=True)
+def in_repository(monkeypatch):
+    monkeypatch.chdir(ROOT)  # study files name configs relative to the directory wkd-study runs in
 
 
-def record(method: str, seed: int, best: float, last: float | None = None, complete: bool = True) -> dict:
+def write_study(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tiny(tmp_path: Path, **study) -> dict:
     return {
-        "method": method,
-        "seed": seed,
-        "best_top1": best,
-        "last_top1": best if last is None else last,
-        "complete": complete,
-        "seconds": 10.0,
+        "study": {"name": "tiny", "dir": str(tmp_path / "out"), "seeds": [0, 1], "baseline": "a", **study},
+        "runs": [{"name": "a", "config": VANILLA}, {"name": "b", "config": VANILLA}],
     }
 
 
-def write_summary(run_dir: Path, best: float, last: float, complete: bool = True, epochs: int = 2) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"best_val_top1": best, "last_val_top1": last, "epochs": epochs, "complete": complete, "losses": []}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+# -- study files -----------------------------------------------------------------------------------------------------
 
 
-def write_metrics(run_dir: Path, values: list[float]) -> None:
-    lines = ["epoch,step,train/loss,val/top1"]
-    for epoch, value in enumerate(values):
-        lines += [f"{epoch},{epoch},,{value}", f"{epoch},{epoch},0.5,"]
-    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda d: d["study"].update(sedes=[0]), StudyFileError, "unknown key 'sedes'; a key is one of name, dir"),
+        (lambda d: d["runs"][0].update(confg="x"), StudyFileError, "run 'a': unknown key 'confg'"),
+        (lambda d: d["runs"][1].update(name="a"), StudyFileError, "the name 'a' is used twice"),
+        (lambda d: d["study"].update(baseline="kd"), StudyFileError, "study.baseline is 'kd', which is not a run"),
+        (lambda d: d["runs"][0].update(config="nope.yaml"), FileNotFoundError, "config file nope.yaml does not exist"),
+        (lambda d: d["runs"][0].update(needs=["teacher"]), StudyFileError, "'a' needs 'teacher', which is not one"),
+        (lambda d: d["runs"][0].update(command="wkd-ir"), StudyFileError, "command 'wkd-ir' is not one of wkd fit"),
+        (lambda d: d["runs"][0].update(args=["trainer.max_epochs=1"]), StudyFileError, "write each as '--key=value'"),
+        (lambda d: d["study"].update(seeds=[0, 0]), StudyFileError, "repeats a seed"),
+        (lambda d: d["runs"][0].update(set={"model.losses": [{"class_path": "KD"}], "model.losses.3.weight": 1}),
+         StudyFileError, "model.losses is a list of 1; '3' is not an index of it"),
+        (lambda d: d["runs"][0].update(set={"trainer.max_epochs.x": 1}), StudyFileError, "not a mapping or a list"),
+        (lambda d: d.update(extra=1), StudyFileError, "unknown key 'extra'; a section is one of"),
+        (lambda d: [d["runs"][0].update(needs=["b"]), d["runs"][1].update(needs=["a"])], StudyFileError,
+         "in a circle (a -> b -> a)"),
+    ],
+)  # fmt: skip
+def test_a_bad_study_file_is_one_message_with_the_fix(tmp_path, change, error, message):
+    data = tiny(tmp_path)
+    change(data)
+    with pytest.raises(error) as caught:
+        load_study(write_study(tmp_path / "s.yaml", data))
+    assert message in str(caught.value)
 
 
-# -- aggregation ---------------------------------------------------------------------------------------------------
+def test_the_quick_overlay_appends_args_merges_set_and_replaces_study_keys(tmp_path):
+    data = tiny(tmp_path)
+    data["defaults"] = {"args": ["--trainer.max_epochs=5"]}
+    data["runs"][0]["set"] = {"trainer.max_epochs": 5, "model.ce_weight": 0.5}
+    data["quick"] = {"study": {"seeds": [0]}, "defaults": {"args": ["--trainer.max_epochs=1"]},
+                     "runs": {"a": {"set": {"trainer.max_epochs": 1}}}}  # fmt: skip
+    spec = load_study(write_study(tmp_path / "s.yaml", data), quick=True)
+    assert spec.seeds == (0,) and spec.quick
+    assert spec.run("a").args == ("--trainer.max_epochs=5", "--trainer.max_epochs=1")
+    assert spec.run("a").set == {"trainer.max_epochs": 1, "model.ce_weight": 0.5}
+    data["quick"]["runs"] = {"zz": {}}
+    with pytest.raises(StudyFileError, match=r"quick\.runs names 'zz'"):
+        load_study(write_study(tmp_path / "s.yaml", data), quick=True)
+    del data["quick"]
+    with pytest.raises(StudyFileError, match="has no `quick:` section"):
+        load_study(write_study(tmp_path / "s.yaml", data), quick=True)
 
 
-def test_mean_std_over_seeds_and_paired_differences_to_kd():
-    kd = {0: 0.850, 1: 0.860, 2: 0.840}
-    wkd = {0: 0.855, 1: 0.870, 2: 0.842}
-    records = [record("kd", s, v, v - 0.01) for s, v in kd.items()]
-    records += [record("wkd_l_class_mean_cosine", s, v, v - 0.02) for s, v in wkd.items()]
-    records += [record("vanilla", 0, 0.80), record("vanilla", 1, 0.81, complete=False)]  # incomplete: ignored
-    rows = {row["method"]: row for row in study.aggregate(records)}
-
-    assert list(rows) == ["vanilla", "kd", "wkd_l_class_mean_cosine"]  # the order of METHODS
-    row = rows["wkd_l_class_mean_cosine"]
-    assert row["n"] == 3 and row["seeds"] == [0, 1, 2]
-    assert row["best_mean"] == pytest.approx(100 * statistics.fmean(wkd.values()))
-    assert row["best_std"] == pytest.approx(100 * statistics.stdev(wkd.values()))
-    assert row["last_mean"] == pytest.approx(100 * statistics.fmean(wkd.values()) - 2)
-    differences = [100 * (wkd[s] - kd[s]) for s in kd]  # paired per seed, not a difference of means' spreads
-    assert row["best_vs_kd_mean"] == pytest.approx(statistics.fmean(differences))
-    assert row["best_vs_kd_std"] == pytest.approx(statistics.stdev(differences))
-    assert row["last_vs_kd_mean"] == pytest.approx(statistics.fmean(differences) - 1)
-    assert row["best_vs_kd_per_seed"]["1"] == pytest.approx(1.0)
-
-    assert rows["kd"]["best_vs_kd_mean"] is None and rows["kd"]["best_vs_kd_n"] == 0
-    vanilla = rows["vanilla"]
-    assert vanilla["n"] == 1 and vanilla["best_std"] is None  # one seed: no spread
-    assert vanilla["best_vs_kd_n"] == 1 and vanilla["best_vs_kd_mean"] == pytest.approx(-5.0)
-    assert vanilla["best_vs_kd_std"] is None
+def test_the_command_table_matches_the_console_scripts():
+    section = (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]
+    scripts = dict(re.findall(r'^([\w-]+) = "([^"]+)"', section, re.MULTILINE))  # tomllib is Python >= 3.11
+    assert scripts["wkd-study"].split(":")[0] == slurm.MODULE == "wkd_lightning.commands.study"
+    for name, (module, _) in COMMANDS.items():
+        assert scripts[name.split()[0]].split(":")[0] == module, name
 
 
-def test_paired_differences_use_only_seeds_both_finished_and_collapses_are_flagged():
-    records = [record("kd", 0, 0.85), record("kd", 1, 0.86)]
-    records += [record("wkd_l_uniform", 1, 0.10), record("wkd_l_uniform", 2, 0.84)]
-    row = {r["method"]: r for r in study.aggregate(records)}["wkd_l_uniform"]
-    assert row["best_vs_kd_n"] == 1 and row["best_vs_kd_per_seed"] == {"1": pytest.approx(-76.0)}
-    assert row["collapsed"] == [1]
+def test_components_do_not_import_commands():
+    for path in (ROOT / "wkd_lightning").rglob("*.py"):
+        if "commands" not in path.relative_to(ROOT / "wkd_lightning").parts:
+            imports = [x.strip() for x in path.read_text().splitlines() if x.strip().startswith(("from ", "import "))]
+            assert not [x for x in imports if "wkd_lightning.commands" in x], path
 
 
-def test_mean_std_edge_cases():
-    assert study.mean_std([]) == (None, None)
-    assert study.mean_std([2.0]) == (2.0, None)
-    mean, std = study.mean_std([1.0, 2.0, 3.0])
-    assert (mean, std) == (2.0, 1.0)
-
-
-def test_markdown_table_and_report():
-    records = [record("kd", s, v) for s, v in ((0, 0.85), (1, 0.87))]
-    records += [record("dkd", s, v) for s, v in ((0, 0.86), (1, 0.89))]
-    rows = study.aggregate(records)
-    table = study.markdown_table(rows)
-    lines = table.splitlines()
-    assert lines[0].startswith("| method | what | seeds | best top-1 (%) | last top-1 (%) | best − KD (paired)")
-    kd_line = next(line for line in lines if line.startswith("| kd "))
-    dkd_line = next(line for line in lines if line.startswith("| dkd "))
-    assert "86.00 ± 1.41" in kd_line and "| – | – |" in kd_line  # no difference of KD to itself
-    assert "87.50 ± 2.12" in dkd_line and "+1.50 ± 0.71" in dkd_line
-    assert all(line.count("|") == lines[0].count("|") for line in lines)
-
-    report = {
-        "generated": "now",
-        "command": "python benchmarks/fashion_mnist_study.py --quick",
-        "settings": study.quick_settings().as_dict(),
-        "study_dir": "runs/study_quick",
-        "reference": "kd",
-        "teacher": {"checkpoint": "t.ckpt", "best_top1": 0.9, "last_top1": 0.9, "epochs": 1},
-        "ir": {"cka_paired": {"score": 0.286, "chance": 0.286}, "class_mean_cosine": {"score": 1.0, "chance": 0.286}},
-        "methods": rows,
-        "runs": records,
-    }
-    text = study.markdown_report(report, {"bars": "fashion_mnist_top1.png"})
-    assert "--quick check, not a result" in text and table in text
-    assert "| class_mean_cosine | 1.000 | 0.286 | wkd_l_class_mean_cosine, wkd_lf, ban_wkd_l" in text
-    assert "| dkd | 86.00 / 86.00 | 89.00 / 89.00 |" in text  # the per-seed table
-    assert "![bars](fashion_mnist_top1.png)" in text
-
-
-def test_read_val_curve_keeps_one_value_per_epoch(tmp_path):
-    path = tmp_path / "metrics.csv"
-    assert study.read_val_curve(path) == []
-    path.write_text("epoch,step,val/top1,train/loss\n0,5,0.5,\n0,5,,1.0\n1,10,0.6,\n1,10,0.65,\n3,20,0.7,\n")
-    assert study.read_val_curve(path) == [pytest.approx(50.0), pytest.approx(65.0), None, pytest.approx(70.0)]
-
-
-# -- derived configs -----------------------------------------------------------------------------------------------
+# -- the shipped studies ---------------------------------------------------------------------------------------------
 
 
 def losses_of(config: dict) -> dict[str, dict]:
-    losses = keyed_loss_configs(config["model"]["losses"]).values()
-    return {loss["class_path"].rsplit(".", 1)[-1]: loss.get("init_args", {}) for loss in losses}
+    losses = config["model"]["losses"]
+    return {loss["class_path"].rsplit(".", 1)[-1]: loss.get("init_args", {}) for loss in losses.values()}
 
 
-@pytest.mark.parametrize(("epochs", "start_epoch", "warmup"), [(15, 9, 5), (12, 7, 4), (10, 6, 3), (2, 1, 1)])
-def test_schedules_are_rescaled_with_the_epoch_budget(tmp_path, epochs, start_epoch, warmup):
-    settings = study.full_settings(epochs=epochs)
-    ir_dir = tmp_path / "ir"
-    derived = {m.name: study.derive_student_config(m, settings, "teacher.ckpt", ir_dir) for m in study.METHODS}
-    for name, config in derived.items():
-        fit = config["fit"] if study.BY_NAME[name].ban else config
-        assert fit["trainer"]["max_epochs"] == epochs and fit["trainer"]["enable_progress_bar"] is False
-        assert cosine_length(fit["model"]["lr_scheduler"]["init_args"]["T_max"], epochs) == epochs  # ends at the end
-        assert "default_root_dir" not in fit["trainer"]
-        assert fit["data"]["init_args"]["train_size"] == 6000
-    for name in ("wkd_l_cka_paired", "wkd_f", "wkd_lf"):
-        for loss in losses_of(derived[name]).values():
-            assert epoch_of(loss["schedule"]["init_args"]["start_epoch"], epochs, "E0") == start_epoch
-    assert losses_of(derived["dkd"])["DKD"]["warmup_epochs"] == warmup
-    assert losses_of(derived["self_kd_online"])["WKDLogit"]["schedule"]["init_args"]["warmup_epochs"] == warmup
-    ban_start = losses_of(derived["ban_wkd_l"]["fit"])["WKDLogit"]["schedule"]["init_args"]["start_epoch"]
-    assert epoch_of(ban_start, epochs, "E0") == start_epoch
-
-    # The teacher and the WKD-L costs are filled in.
-    assert derived["kd"]["model"]["teacher_weights"] == "teacher.ckpt"
-    assert losses_of(derived["wkd_l_cka_paired"])["WKDLogit"]["cost"] == str(ir_dir / "cka_paired.pt")
-    assert losses_of(derived["wkd_l_class_mean_cosine"])["WKDLogit"]["cost"] == str(ir_dir / "class_mean_cosine.pt")
-    assert losses_of(derived["wkd_l_uniform"])["WKDLogit"]["cost"] == "uniform"
-    assert losses_of(derived["wkd_lf"])["WKDLogit"]["cost"] == str(ir_dir / "class_mean_cosine.pt")
-    assert "teacher_weights" not in derived["self_kd_online"]["model"]
-    assert derived["ban_kd"]["ban"]["generations"] == 2
+def derived(spec, name: str, seed: int = 0) -> tuple[dict, list[str]]:
+    task = next(t for t in plan_module.plan(spec) if t.entry.name == name and t.seed in (seed, None))
+    return plan_module.derive_config(spec, task), plan_module.command_line(spec, task)
 
 
-def test_quick_settings_limit_validation_and_data():
-    settings = study.quick_settings(data_dir="/data")
-    config = study.derive_student_config(study.BY_NAME["kd"], settings, "t.ckpt", Path("ir"))
-    assert config["trainer"]["limit_val_batches"] == 10 and config["trainer"]["max_epochs"] == 3
-    assert config["data"]["init_args"] == {**config["data"]["init_args"], "train_size": 1000, "data_dir": "/data"}
-    teacher = study.derive_teacher_config(settings)
-    assert teacher["trainer"]["max_epochs"] == 1 and teacher["data"]["init_args"]["train_size"] == 6000
-    assert cosine_length(teacher["model"]["lr_scheduler"]["init_args"]["T_max"], 1) == 1
-    ir = study.derive_ir_config(settings, "t.ckpt", Path("/x/ir"))
-    assert ir["methods"] == list(study.IR_METHODS) and ir["max_per_class"] == 100 and ir["progress"] is False
+@pytest.mark.parametrize(("quick", "epochs", "start_epoch", "warmup"), [(False, 12, 7, 4), (True, 3, 2, 1)])
+def test_fashion_mnist_study_runs_the_twelve_methods_with_rescaled_schedules(quick, epochs, start_epoch, warmup):
+    spec = load_study(FASHION, quick=quick)
+    assert [r.name for r in spec.runs] == METHODS and [s.name for s in spec.steps] == ["teacher", "ir"]
+    assert spec.seeds == ((0,) if quick else (0, 1, 2)) and spec.baseline == "kd" and spec.threads == 1
+    assert str(spec.reports) == ("runs/study_quick" if quick else "benchmarks/results")
+    for name in METHODS:
+        config, command = derived(spec, name)
+        final = [a for a in command if a.startswith("--trainer.max_epochs=")][-1]
+        assert final == f"--trainer.max_epochs={epochs}", name
+        assert "--trainer.enable_progress_bar=false" in command
+        if name.startswith("ban"):
+            assert config["ban"]["generations"] == 2 and config["fit"]["seed_everything"] == 0
+            assert spec.run(name).result == "gen1" and spec.run(name).link == {"gen0": "vanilla"}
+            assert "--data.init_args.seed=0" in command
+        else:
+            assert "--seed_everything=0" in command and "--data.init_args.seed=0" in command
+    # E0 is a fraction of the run in the configs, which `wkd fit` resolves against the run's max_epochs
+    ban_wkd_l = derived(spec, "ban_wkd_l")[0]["fit"]
+    for name in ("wkd_l_cka_paired", "wkd_l_class_mean_cosine", "wkd_l_uniform", "wkd_f", "wkd_lf", "ban_wkd_l"):
+        config = ban_wkd_l if name == "ban_wkd_l" else derived(spec, name)[0]
+        for loss in losses_of(config).values():
+            assert round(loss["schedule"]["init_args"]["start_epoch"] * epochs) == start_epoch, name
+    assert losses_of(derived(spec, "dkd")[0])["DKD"]["warmup_epochs"] == warmup
+    assert losses_of(derived(spec, "self_kd_online")[0])["WKDLogit"]["schedule"]["init_args"]["warmup_epochs"] == warmup
+
+    study = str(spec.dir)
+    assert losses_of(derived(spec, "wkd_l_cka_paired")[0])["WKDLogit"]["cost"] == f"{study}/ir/cka_paired.pt"
+    assert losses_of(derived(spec, "wkd_lf")[0])["WKDLogit"]["cost"] == f"{study}/ir/class_mean_cosine.pt"
+    assert losses_of(derived(spec, "wkd_l_uniform")[0])["WKDLogit"]["cost"] == "uniform"
+    assert f"--model.teacher_weights={study}/teacher/checkpoints/best.ckpt" in derived(spec, "kd")[1]
+    ir = derived(spec, "ir")[1]
+    assert f"--teacher_weights={study}/teacher/checkpoints/best.ckpt" in ir and "--progress=false" in ir
+    assert spec.entries["ir"].needs == ("teacher",) and set(spec.entries["wkd_lf"].needs) == {"teacher", "ir"}
+    if quick:
+        teacher = derived(spec, "teacher")[1]
+        assert "--trainer.max_epochs=1" in teacher and "--data.train_size=6000" in teacher
+        assert "--max_per_class=100" in ir and "--data.train_size=1000" in derived(spec, "vanilla")[1]
 
 
 @pytest.mark.parametrize("name", ["ban_kd", "ban_wkd_l"])
 @pytest.mark.parametrize("seed", [0, 2])
-def test_ban_generation_0_is_the_vanilla_run(name, seed):
-    settings = study.full_settings()
-    vanilla = study.derive_student_config(study.BY_NAME["vanilla"], settings, None, Path("ir"))
-    driver = study.derive_student_config(study.BY_NAME[name], settings, None, Path("ir"))
-    driver["fit"]["seed_everything"] = seed
-    assert study.ban_gen0_matches_vanilla(vanilla, driver, seed)
-    driver["fit"]["model"]["optimizer"]["init_args"]["lr"] = 0.1  # any real difference is caught
-    assert not study.ban_gen0_matches_vanilla(vanilla, driver, seed)
+def test_born_again_generation_0_is_the_vanilla_run_it_links(name, seed):
+    """wkd-ban trains generation 0 from `fit:` without its teacher and the losses that need one, seed + 0: that must
+    be the vanilla run of the same seed, with the same command-line arguments, for the link to be right."""
+    spec = load_study(FASHION)
+    vanilla, vanilla_command = derived(spec, "vanilla", seed)
+    driver, ban_command = derived(spec, name, seed)
+    gen0 = copy.deepcopy(driver["fit"])
+    gen0["model"].pop("losses")
+    vanilla = copy.deepcopy(vanilla)
+    vanilla["model"].pop("losses", None)
+    vanilla["seed_everything"] = seed  # vanilla gets --seed_everything=<seed>, generation 0 seed + 0
+    for config in (gen0, vanilla):  # set on the command line: --trainer.default_root_dir / wkd-ban's --run_dir
+        config["trainer"].pop("default_root_dir")
+    assert gen0 == vanilla
+
+    def passed_on(command):  # the arguments both give `wkd fit`, without the ones each command sets itself
+        own = ("--trainer.default_root_dir=", "--run_dir=", "--seed_everything=", "-c")
+        return [a for a in command[command.index("-c") + 2 :] if not a.startswith(own)]
+
+    assert sorted(passed_on(ban_command)) == sorted(passed_on(vanilla_command))
 
 
-# -- running and resuming (fake runner) ----------------------------------------------------------------------------
+def test_cifar100_study_is_the_paper_table_with_five_seeds():
+    spec = load_study(CIFAR)
+    assert spec.seeds == (0, 1, 2, 3, 4) and len(spec.runs) == 10
+    assert {spec.baseline_of(r) for r in spec.runs if "shufflev1" in r.name} == {"kd_shufflev1", None}
+    assert {spec.baseline_of(r) for r in spec.runs if "resnet8x4" in r.name} == {"kd_resnet8x4", None}
+    config, _ = derived(spec, "wkd_l_resnet8x4")
+    assert config["model"]["teacher_weights"] == "weights/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth"
+    assert losses_of(config)["WKDLogit"]["cost"] == "runs/study_cifar100/ir_resnet32x4/cka_paired.pt"
+    assert config["trainer"]["max_epochs"] == 240
+    ir = derived(spec, "ir_wrn_40_2")[1]
+    assert "-c" not in ir and "--layer=block3" in ir and "--output_dir=runs/study_cifar100/ir_wrn_40_2" in ir
 
 
-class FakeRunner:
-    """Stands in for the subprocesses: records each command and writes what the real one would leave behind."""
-
-    def __init__(self, accuracy: dict[str, float] | None = None) -> None:
-        self.commands: list[list[str]] = []
-        self.accuracy = accuracy or {}
-
-    @staticmethod
-    def option(command: list[str], name: str) -> str:
-        for i, arg in enumerate(command):
-            if arg == name:
-                return command[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-        raise KeyError(name)
-
-    def __call__(self, command, log_file):
-        command = list(command)
-        self.commands.append(command)
-        module = command[2]
-        if module == "wkd_lightning.ir.cli":
-            config = yaml.safe_load(Path(command[-1]).read_text())
-            out = Path(config["output_dir"])
-            out.mkdir(parents=True, exist_ok=True)
-            for method in config["methods"]:
-                score = {"score": 1.0 if method == "class_mean_cosine" else 0.286, "chance": 0.286}
-                record = {"cost": torch.zeros(10, 10), "teacher_weights": config["teacher_weights"]}
-                torch.save({**record, "semantic_score": score}, out / f"{method}.pt")
-            return 0
-        if module == "wkd_lightning.selfkd.ban":
-            run_dir = Path(self.option(command, "--run_dir"))
-            assert (run_dir / "gen0" / "summary.json").is_file()  # generation 0 is the vanilla run, linked
-            run_dir = run_dir / "gen1"
-        else:
-            run_dir = Path(self.option(command, "--trainer.default_root_dir"))
-        accuracy = self.accuracy.get(run_dir.parent.name if run_dir.name.startswith("seed") else "", 0.85)
-        write_summary(run_dir, accuracy, accuracy - 0.01)
-        write_metrics(run_dir, [0.5, accuracy])
-        return 0
+# -- statistics and report -------------------------------------------------------------------------------------------
 
 
-def ran(runner: FakeRunner) -> list[str]:
-    """What the fake runner was asked to do, as short names (``kd/seed0``, ``teacher``, ``ir``...)."""
-    names = []
-    for command in runner.commands:
-        if command[2] == "wkd_lightning.ir.cli":
-            names.append("ir")
-        elif command[2] == "wkd_lightning.selfkd.ban":
-            path = Path(FakeRunner.option(command, "--run_dir"))
-            names.append(f"{path.parent.name}/{path.name}")
-        else:
-            path = Path(FakeRunner.option(command, "--trainer.default_root_dir"))
-            names.append("teacher" if path.name == "teacher" else f"{path.parent.name}/{path.name}")
-    return names
+def test_paired_interval_uses_the_t_quantile():
+    assert stats.mean_std([]) == (None, None) and stats.mean_std([2.0]) == (2.0, None)
+    differences = [1.0, 2.0, 4.0]
+    low, high = stats.paired_interval(differences)
+    half = T975[2] * statistics.stdev(differences) / math.sqrt(3)
+    assert low == pytest.approx(7 / 3 - half, abs=2e-3) and high == pytest.approx(7 / 3 + half, abs=2e-3)
+    assert stats.paired_interval([1.0]) == (None, None)
+    row = stats.compare({0: 80.0, 1: 82.0, 2: 81.0}, {0: 79.0, 1: 80.0, 3: 70.0})
+    assert row["n"] == 2 and row["per_seed"] == {"0": 1.0, "1": 2.0}  # only the seeds both finished
+    assert row["ci_low"] < 0 < row["ci_high"] and row["crosses_zero"] is True
+    assert stats.compare({0: 90.0, 1: 91.0, 2: 92.0}, {0: 80.0, 1: 80.5, 2: 81.0})["crosses_zero"] is False
 
 
-def test_complete_runs_are_skipped_and_unfinished_ones_resumed(tmp_path):
-    out, results = tmp_path / "study", tmp_path / "results"
-    teacher = tmp_path / "teacher" / "checkpoints" / "best.ckpt"
-    teacher.parent.mkdir(parents=True)
-    teacher.write_bytes(b"not read by the fake runner")
-    write_summary(out / "kd" / "seed0", 0.86, 0.85, complete=True)  # finished earlier
-    write_summary(out / "vanilla" / "seed0", 0.70, 0.70, complete=False, epochs=1)  # interrupted after one epoch
-    (out / "vanilla" / "seed0" / "checkpoints").mkdir(parents=True)
-    (out / "vanilla" / "seed0" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    settings = study.quick_settings(teacher=str(teacher))
-    runner = FakeRunner()
-
-    report = study.Study(out, settings, [0], ["vanilla", "kd"], runner=runner, results_dir=results).run()
-    assert ran(runner) == ["vanilla/seed0"]  # no teacher training (given), no IR (no WKD-L), kd skipped
-    (command,) = runner.commands
-    assert command[-2:] == ["--ckpt_path", "last"]
-    assert FakeRunner.option(command, "--seed_everything") == "0"
-    assert FakeRunner.option(command, "--data.init_args.seed") == "0"
-    assert FakeRunner.option(command, "--trainer.max_epochs") == "3"
-
-    recorded = json.loads((out / "study.json").read_text())
-    runs = {r["key"]: r for r in recorded["runs"]}
-    assert runs["kd/seed0"]["best_top1"] == 0.86 and runs["kd/seed0"]["status"] == "complete"
-    assert runs["vanilla/seed0"]["best_top1"] == 0.85 and runs["vanilla/seed0"]["seconds"] is not None
-    assert runs["kd/seed0"]["source_config"] == "configs/fashion_mnist/kd.yaml"
-    assert Path(runs["kd/seed0"]["config"]).is_file()
-    assert recorded["teacher"]["trained_here"] is False
-    assert [row["method"] for row in report["methods"]] == ["vanilla", "kd"]
-    assert report["curves"]["vanilla"]["0"] == [pytest.approx(50.0), pytest.approx(85.0)]
-    for name in ("fashion_mnist.md", "fashion_mnist.json", "fashion_mnist_top1.png", "fashion_mnist_curves.png"):
-        assert (results / name).is_file()
-
-    runner.commands.clear()  # everything is complete now: a second invocation trains nothing
-    study.Study(out, settings, [0], ["vanilla", "kd"], runner=runner, results_dir=results).run()
-    assert runner.commands == []
+def fake_summary(folder: Path, best: float, last: float, complete: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"best_val_top1": best, "last_val_top1": last, "best_val_top5": 0.99, "last_val_top5": 0.98,
+               "epochs": 2, "complete": complete}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
 
 
-def test_teacher_ir_students_and_born_again_runs(tmp_path):
-    out, results = tmp_path / "study", tmp_path / "results"
-    runner = FakeRunner(accuracy={"kd": 0.86, "wkd_l_class_mean_cosine": 0.87})
-    methods = ["kd", "wkd_l_class_mean_cosine", "ban_wkd_l"]
-    study.Study(out, study.quick_settings(), [0, 1], methods, runner=runner, results_dir=results).run()
-
-    # Teacher and IR once, vanilla added for the Born-Again run (its generation 0), per seed in METHODS order.
-    assert ran(runner) == ["teacher", "ir"] + [
-        f"{m}/seed{s}" for s in (0, 1) for m in ("vanilla", "kd", "wkd_l_class_mean_cosine", "ban_wkd_l")
-    ]
-    gen0 = out / "ban_wkd_l" / "seed1" / "gen0"
-    assert gen0.is_symlink() and gen0.resolve() == (out / "vanilla" / "seed1").resolve()
-    ban = next(c for c in runner.commands if c[2] == "wkd_lightning.selfkd.ban" and "seed1" in c[c.index("-c") + 1])
-    assert "--seed_everything" not in ban and "--data.init_args.seed=1" in ban
-    driver = yaml.safe_load(Path(ban[ban.index("-c") + 1]).read_text())
-    assert driver["fit"]["seed_everything"] == 1 and driver["ban"]["generations"] == 2
-    wkd = yaml.safe_load((out / "configs" / "wkd_l_class_mean_cosine.yaml").read_text())
-    assert wkd["model"]["teacher_weights"] == str(out / "teacher" / "checkpoints" / "best.ckpt")
-    assert losses_of(wkd)["WKDLogit"]["cost"] == str(out / "ir" / "class_mean_cosine.pt")
-
-    recorded = json.loads((out / "study.json").read_text())
-    assert recorded["ir"]["matrices"]["class_mean_cosine"]["score"] == 1.0
-    assert {r["key"]: r["run_dir"] for r in recorded["runs"]}["ban_wkd_l/seed0"].endswith("ban_wkd_l/seed0/gen1")
-    report = json.loads((results / "fashion_mnist.json").read_text())
-    row = {r["method"]: r for r in report["methods"]}["wkd_l_class_mean_cosine"]
-    assert row["n"] == 2 and row["best_vs_kd_mean"] == pytest.approx(1.0) and row["best_vs_kd_std"] == 0.0
-
-    runner.commands.clear()
-    study.Study(out, study.quick_settings(), [0, 1], methods, runner=runner, results_dir=results).run()
-    assert runner.commands == []  # teacher, IR and every run were complete
+def test_report_rows_markdown_and_files(tmp_path):
+    spec = load_study(write_study(tmp_path / "s.yaml", tiny(tmp_path, chance=0.1, seeds=[0, 1, 2])))
+    values = {"a": (0.85, 0.86, 0.84), "b": (0.855, 0.87, 0.15)}
+    for run_name, per_seed in values.items():
+        for seed, best in enumerate(per_seed):
+            fake_summary(spec.dir / run_name / f"seed{seed}", best, best - 0.01, complete=(run_name, seed) != ("a", 2))
+    (spec.dir / "b" / "seed0" / "metrics.csv").write_text("epoch,step,val/top1\n0,1,0.5\n0,1,0.6\n1,2,0.7\n")
+    content = report_module.build_report(spec)
+    rows = {r["run"]: r for r in content["runs"]}
+    assert rows["a"]["n"] == 2 and rows["a"]["vs_baseline"] is None  # seed 2 of `a` is not complete
+    b = rows["b"]
+    assert b["best_top1"]["mean"] == pytest.approx(100 * statistics.fmean(values["b"]))
+    assert b["near_chance"] == [2] and b["vs_baseline"]["best_top1"]["n"] == 2
+    assert b["vs_baseline"]["best_top1"]["per_seed"] == {"0": pytest.approx(0.5), "1": pytest.approx(1.0)}
+    assert content["curves"]["b"]["0"] == [pytest.approx(60.0), pytest.approx(70.0)]
+    paths = report_module.write_report(content, report_module.report_paths(spec))
+    assert sorted(p.name for p in paths.values()) == ["tiny.json", "tiny.md", "tiny_curves.png", "tiny_top1.png"]
+    text = paths["md"].read_text()
+    assert "Not complete (left out of the table): a/seed2." in text
+    line = next(x for x in text.splitlines() if x.startswith("| b |"))
+    assert "vs a: +0.75 ± 0.35" in line and "(holds 0)" in line and "| seed 2 |" in line
+    assert "| b | 85.50 / 84.50 | 87.00 / 86.00 | 15.00 / 14.00 |" in text
 
 
-def test_a_failed_run_is_reported_and_the_study_goes_on(tmp_path, capsys):
-    out = tmp_path / "study"
+def test_read_val_curve_keeps_one_value_per_epoch(tmp_path):
+    path = tmp_path / "metrics.csv"
+    assert report_module.read_val_curve(path) == []
+    path.write_text("epoch,step,val/top1,train/loss\n0,5,0.5,\n0,5,,1.0\n1,10,0.6,\n1,10,0.65,\n3,20,0.7,\n")
+    assert report_module.read_val_curve(path) == [pytest.approx(50.0), pytest.approx(65.0), None, pytest.approx(70.0)]
 
-    def runner(command, log_file):
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.write_text("Traceback: something broke\n")
-        return 1
 
-    s = study.Study(out, study.quick_settings(), [0], ["vanilla", "ban_kd"], runner=runner, results_dir=tmp_path)
-    s.run()
-    assert s.failures == ["vanilla/seed0", "ban_kd/seed0"]  # BAN is not tried without its generation 0
+# -- execution against a fast stand-in command -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_commands(monkeypatch):
+    """Every command of a study runs tests/study_fake_command.py instead (a fraction of a second each)."""
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    for name, (_, head) in list(COMMANDS.items()):
+        monkeypatch.setitem(plan_module.COMMANDS, name, ("study_fake_command", head))
+
+
+def calls(folder: Path) -> list[dict]:
+    path = folder / "calls.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def fake_study(tmp_path: Path, fake_a: dict | None = None) -> dict:
+    config = tmp_path / "fake.yaml"
+    config.write_text(yaml.safe_dump({"fake": {"best": 0.8}}))
+    return {
+        "study": {"name": "fake", "dir": str(tmp_path / "out"), "seeds": [0, 1], "baseline": "a"},
+        "steps": [{"name": "teacher", "config": str(config)},
+                  {"name": "ir", "command": "wkd-ir", "needs": ["teacher"], "args": ["--teacher_weights={study}/t"]}],
+        "runs": [{"name": "a", "config": str(config), "needs": ["teacher"], "set": {"fake": fake_a or {"best": 0.7}}},
+                 {"name": "b", "config": str(config), "needs": ["ir"], "args": ["--x={seed}"]},
+                 {"name": "ban", "command": "wkd-ban", "config": str(config), "link": {"gen0": "a"},
+                  "result": "gen1"}],
+    }  # fmt: skip
+
+
+def test_execution_order_skip_resume_and_links(tmp_path, fake_commands, capsys):
+    spec = load_study(write_study(tmp_path / "s.yaml", fake_study(tmp_path)))
+    outcome = execute_module.execute(spec, plan_module.plan(spec), jobs=1, threads=3)
+    assert outcome.failed == [] and len(outcome.ran) == 8
     printed = capsys.readouterr().out
-    assert "vanilla/seed0: FAILED" in printed and "something broke" in printed
-    runs = {r["key"]: r for r in json.loads((out / "study.json").read_text())["runs"]}
-    assert runs["vanilla/seed0"]["status"].startswith("failed")
-    assert runs["ban_kd/seed0"]["status"].startswith("skipped")
+    assert "(1/8) teacher: starting" in printed and "(8/8) ban seed 1: done" in printed
+    starts = {key: calls(spec.dir / key)[0]["start"] for key in ("teacher", "ir", "a/seed0", "b/seed0", "ban/seed1")}
+    assert starts["teacher"] < starts["ir"] < starts["a/seed0"] < starts["b/seed0"] < starts["ban/seed1"]
+    (b0,) = calls(spec.dir / "b" / "seed0")
+    assert "--x=0" in b0["args"] and b0["threads"] == "3" and "--data.init_args.seed=0" in b0["args"]
+    link = spec.dir / "ban" / "seed1" / "gen0"
+    assert link.is_symlink() and link.resolve() == (spec.dir / "a" / "seed1").resolve()
+    assert json.loads((spec.dir / "ir" / "study_task.json").read_text())["complete"] is True
+    assert yaml.safe_load((spec.dir / "a" / "seed1" / "study.input.yaml").read_text())["fake"] == {"best": 0.7}
+
+    # Everything complete: nothing runs. Then a cut-off run (summary not complete, last.ckpt there) resumes, and a
+    # cut-off wkd-ir redoes its files with --overwrite=true.
+    assert execute_module.execute(spec, plan_module.plan(spec)).ran == []
+    summary = spec.dir / "a" / "seed1" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "complete": False}))
+    (spec.dir / "ir" / "study_task.json").unlink()
+    outcome = execute_module.execute(spec, plan_module.plan(spec))
+    assert outcome.ran == ["ir", "a/seed1"]
+    assert "--ckpt_path=last" in calls(spec.dir / "a" / "seed1")[-1]["args"]
+    assert "--overwrite=true" in calls(spec.dir / "ir")[-1]["args"]
 
 
-def test_other_settings_in_the_same_directory_are_refused(tmp_path):
-    study.check_settings(tmp_path, study.quick_settings())
-    study.check_settings(tmp_path, study.quick_settings())  # the same: fine (resume)
-    with pytest.raises(SystemExit, match="epochs: 3 before, 5 now"):
-        study.check_settings(tmp_path, study.quick_settings(epochs=5))
+def test_a_failed_run_is_reported_its_dependents_skipped_and_the_others_go_on(tmp_path, fake_commands, capsys):
+    spec = load_study(write_study(tmp_path / "s.yaml", fake_study(tmp_path, fake_a={"fail": True})))
+    outcome = execute_module.execute(spec, plan_module.plan(spec), jobs=2)
+    assert sorted(outcome.failed) == ["a/seed0", "a/seed1", "ban/seed0", "ban/seed1"]
+    assert sorted(outcome.ran) == ["b/seed0", "b/seed1", "ir", "teacher"]
+    printed = capsys.readouterr().out
+    assert "a seed 0: FAILED (exit status 3)" in printed and "the fake run broke on purpose" in printed
+    assert "ban seed 0: skipped: needs a/seed0, which did not finish" in printed
+    assert "4 failed" in printed
 
 
-# -- one real run --------------------------------------------------------------------------------------------------
+def test_jobs_run_in_parallel_with_the_threads_split(tmp_path, fake_commands):
+    data = fake_study(tmp_path)
+    data["steps"], data["runs"] = [], [{"name": n, "config": data["runs"][0]["config"], "set": {"fake": {"sleep": 2}}}
+                                       for n in ("a", "b")]  # fmt: skip
+    spec = load_study(write_study(tmp_path / "s.yaml", data))
+    assert execute_module.execute(spec, plan_module.plan(spec), jobs=2).failed == []
+    spans = sorted(
+        (c["start"], c["end"]) for key in ("a", "b") for s in (0, 1) for c in calls(spec.dir / key / f"seed{s}")
+    )
+    overlapping = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert overlapping == 2
+    expected = str(execute_module.default_threads(2))
+    assert {c["threads"] for key in ("a", "b") for c in calls(spec.dir / key / "seed0")} == {expected}
+
+
+def test_only_and_seed_select_tasks_and_refuse_missing_needs(tmp_path, fake_commands, capsys):
+    spec = load_study(write_study(tmp_path / "s.yaml", fake_study(tmp_path)))
+    tasks = plan_module.plan(spec, ["b"], [1])
+    assert [t.key for t in tasks] == ["b/seed1"]
+    outcome = execute_module.execute(spec, tasks)
+    assert (
+        outcome.failed == ["b/seed1"]
+        and "needs ir, which is not complete and not part of this" in capsys.readouterr().out
+    )
+    with pytest.raises(ValueError, match="--only zz: no such step or run"):
+        plan_module.plan(spec, ["zz"])
+    with pytest.raises(ValueError, match="--seed 7"):
+        plan_module.plan(spec, None, [7])
+
+
+# -- SLURM -----------------------------------------------------------------------------------------------------------
+
+
+def test_slurm_array_renders_one_task_per_run_and_seed(tmp_path):
+    spec = load_study(FASHION)
+    script_path = tmp_path / "study.sbatch"
+    script, submit = slurm.render(spec, script_path=script_path, sbatch=["--gres=gpu:1"], python="/opt/py")
+    script_path.write_text(script)
+    (tmp_path / "submit.sh").write_text(submit)
+    for name in ("study.sbatch", "submit.sh"):
+        subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
+    assert "#SBATCH --array=0-35" in script and "#SBATCH --gres=gpu:1" in script  # 12 runs x 3 seeds
+    # The Born-Again runs need the vanilla run of their seed: they come in a second wave, after the first.
+    assert (
+        "--array=0-29 --dependency=afterok:$steps" in submit and "--array=30-35 --dependency=afterany:$wave0" in submit
+    )
+    echo = tmp_path / "python"
+    echo.write_text('#!/bin/bash\necho "$@"\n')
+    echo.chmod(0o755)
+    expected = [(r, s) for s in (0, 1, 2) for r in METHODS if not r.startswith("ban")]
+    expected += [(r, s) for s in (0, 1, 2) for r in ("ban_kd", "ban_wkd_l")]
+    for i in (0, 7, 11, 29, 30, 35):
+        env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), PYTHON=str(echo))
+        out = subprocess.run(["bash", str(script_path)], env=env, capture_output=True, text=True, check=True).stdout
+        run_name, seed = expected[i]
+        assert out.split() == ["-m", "wkd_lightning.commands.study", "run", "-c", str(FASHION), "--threads", "1",
+                               "--only", run_name, "--seed", str(seed)], (i, out)  # fmt: skip
+    env = dict(os.environ, WKD_STUDY_PART="steps", PYTHON=str(echo))
+    out = subprocess.run(["bash", str(script_path)], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-3:] == ["--only", "teacher", "ir"]
+    bad = subprocess.run(["bash", str(script_path)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="36", PYTHON=str(echo)),
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "the array has 36 tasks" in bad.stderr
+
+
+# -- the real command, end to end ------------------------------------------------------------------------------------
+
+
+def real_study(tmp_path: Path, fashion_dir: Path) -> Path:
+    """2 runs x 2 seeds of `wkd fit` on the fixture: 1 epoch of 2 batches, 2 validation batches."""
+    data = {
+        "study": {"name": "tiny", "dir": str(tmp_path / "out"), "seeds": [0, 1], "baseline": "vanilla",
+                  "chance": 0.1},
+        "defaults": {"args": [f"--data.data_dir={fashion_dir}", "--data.train_size=null", "--data.num_workers=0",
+                              "--data.batch_size=16", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                              "--trainer.limit_val_batches=2", "--trainer.enable_model_summary=false"]},
+        "runs": [{"name": "vanilla", "config": VANILLA},
+                 {"name": "fast", "label": "higher lr", "config": VANILLA,
+                  "set": {"model.optimizer.init_args.lr": 0.5}}],
+    }  # fmt: skip
+    return write_study(tmp_path / "study.yaml", data)
 
 
 @pytest.mark.slow
-def test_a_tiny_real_run_goes_through_the_wkd_cli(tmp_path, fashion_dir):
-    """The real subprocess path: ``wkd fit`` accepts the study's derived config and arguments (fixture data)."""
-    out = tmp_path / "study"
-    argv = ["--quick", "--methods", "vanilla", "--out", str(out), "--data_dir", str(fashion_dir)]
-    argv += ["--train_size", "40", "--epochs", "1"]
-    report = study.main(argv)
-    (row,) = report["methods"]
-    assert row["method"] == "vanilla" and row["n"] == 1 and 0.0 <= row["best_mean"] <= 100.0
-    assert (out / "vanilla" / "seed0" / "checkpoints" / "best.ckpt").is_file()
-    assert (out / "fashion_mnist.md").is_file() and (out / "fashion_mnist_curves.png").is_file()
-    config = yaml.safe_load((out / "vanilla" / "seed0" / "config.yaml").read_text())
-    assert config["trainer"]["max_epochs"] == 1 and config["data"]["init_args"]["train_size"] == 40
+def test_wkd_study_runs_skips_resumes_and_reports(tmp_path, fashion_dir):
+    study_file = real_study(tmp_path, fashion_dir)
+    out = tmp_path / "out"
+    first = run_ok([*STUDY, "run", "-c", str(study_file), "--jobs", "2"], tmp_path / "run1.log", timeout=600)
+    assert "(4/4)" in first.output and "4 ran, 0 complete before, 0 failed" in first.output
+    assert "OMP_NUM_THREADS=1 " in (out / "logs" / "fast_seed1.log").read_text()  # 2 cores / 2 jobs
+
+    again = run_ok([*STUDY, "run", "-c", str(study_file)], tmp_path / "run2.log", timeout=120)
+    assert "0 ran, 4 complete before" in again.output
+
+    # A run cut off after its checkpoint: it resumes from last.ckpt (here: nothing left to train) and completes.
+    summary_file = out / "fast" / "seed1" / "summary.json"
+    summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "complete": False}))
+    resumed = run_ok([*STUDY, "run", "-c", str(study_file)], tmp_path / "run3.log", timeout=300)
+    assert "fast seed 1: resuming" in resumed.output and "1 ran, 3 complete before" in resumed.output
+    assert "--ckpt_path=last" in (out / "logs" / "fast_seed1.log").read_text()
+    assert json.loads(summary_file.read_text())["complete"] is True
+
+    report = run_ok([*STUDY, "report", "-c", str(study_file)], tmp_path / "report.log", timeout=120)
+    content = json.loads((out / "report" / "tiny.json").read_text())
+    assert (out / "report" / "tiny_top1.png").is_file() and (out / "report" / "tiny_curves.png").is_file()
+
+    # The numbers, computed here from each run's summary.json (no code shared with the report).
+    summaries = {(r, s): json.loads((out / r / f"seed{s}" / "summary.json").read_text())
+                 for r in ("vanilla", "fast") for s in (0, 1)}  # fmt: skip
+    rows = {row["run"]: row for row in content["runs"]}
+    for name in ("vanilla", "fast"):
+        for key in ("best_val_top1", "last_val_top1", "best_val_top5", "last_val_top5"):
+            values = [100 * summaries[name, s][key] for s in (0, 1)]
+            ours = rows[name][key.replace("_val", "")]
+            assert ours["mean"] == pytest.approx(sum(values) / 2)
+            assert ours["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    differences = [100 * (summaries["fast", s]["best_val_top1"] - summaries["vanilla", s]["best_val_top1"])
+                   for s in (0, 1)]  # fmt: skip
+    mean, std = sum(differences) / 2, abs(differences[0] - differences[1]) / math.sqrt(2)
+    versus = rows["fast"]["vs_baseline"]["best_top1"]
+    assert versus["mean"] == pytest.approx(mean) and versus["std"] == pytest.approx(std)
+    assert versus["ci_low"] == pytest.approx(mean - T975[1] * std / math.sqrt(2), abs=1e-2)
+    assert versus["ci_high"] == pytest.approx(mean + T975[1] * std / math.sqrt(2), abs=1e-2)
+    assert versus["crosses_zero"] == (versus["ci_low"] <= 0 <= versus["ci_high"])
+    near = [s for s in (0, 1) if summaries["fast", s]["best_val_top1"] < 0.2]
+    assert rows["fast"]["near_chance"] == near
+    line = next(x for x in report.output.splitlines() if x.startswith("| fast |"))
+    assert f"vs vanilla: {mean:+.2f} ± {std:.2f}" in line
+    assert "95 % paired t interval" in (out / "report" / "tiny.md").read_text()
+
+
+@pytest.mark.slow
+def test_wkd_study_errors_and_slurm_through_the_command(tmp_path):
+    data = tiny(tmp_path)
+    data["study"]["baseline"] = "kd"
+    bad = run([*STUDY, "run", "-c", str(write_study(tmp_path / "bad.yaml", data))], tmp_path / "bad.log", timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.output
+    assert "wkd-study: error: " in bad.output and "study.baseline is 'kd', which is not a run" in bad.output
+    assert "name one of a, b" in bad.output
+    script = tmp_path / "array.sbatch"
+    made = run_ok([*STUDY, "slurm", "-c", str(FASHION), "--quick", "--out", str(script)], tmp_path / "s.log", 120)
+    assert "12 array tasks: 12 runs x 1 seeds" in made.output
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert "--quick" in script.read_text() and (tmp_path / "submit.sh").is_file()
