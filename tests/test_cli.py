@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.data.fashion_mnist import DEFAULT_DIR
 from wkd_lightning.losses.base import keyed_loss_configs
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from tests.distributed.launch import QUIET, run, run_ok
-from wkd_lightning.cli import one_batch_limits
+from wkd_lightning.commands.wkd import one_batch_limits
 from wkd_lightning.config_layers import keyed_losses_argv, merged_losses
 from wkd_lightning.losses import KD, WKDLogit
 from wkd_lightning.losses.base import keyed_loss_configs, loss_plugins

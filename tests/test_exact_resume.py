@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tests.test_cli import QUIET, ROOT, localised_config
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.wkd import make_cli
 
 
 def epoch_rows(run_dir: Path) -> dict[str, dict[str, str]]:

@@ -48,7 +48,7 @@ import torch
 import yaml
 from torch import nn
 
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.losses.base import keyed_loss_configs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tests.test_cli import QUIET, ROOT, localised_config
-from wkd_lightning import cli as cli_module
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands import wkd as cli_module
+from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.interruption import INTERRUPTED_NAME
 
 

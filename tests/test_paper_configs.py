@@ -23,8 +23,8 @@ import pytest
 import torch
 import yaml
 
-from wkd_lightning.ir.cli import build_parser
-from wkd_lightning.ir.cli import main as wkd_ir
+from wkd_lightning.commands.ir import build_parser
+from wkd_lightning.commands.ir import main as wkd_ir
 from wkd_lightning.losses import CosineDecay, load_cost
 from wkd_lightning.models import model_info
 from wkd_lightning.schedules import epoch_of, milestone_epochs

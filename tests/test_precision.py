@@ -6,7 +6,7 @@ import lightning as L
 import torch
 
 from tests.test_cli import QUIET, ROOT, localised_config
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.wkd import make_cli
 
 
 class RecordLossDtypes(L.Callback):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.test_cli import QUIET, ROOT, localised_config
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.wkd import make_cli
 
 SOURCES = sorted(p for folder in ("wkd_lightning", "benchmarks", "scripts") for p in (ROOT / folder).rglob("*.py"))
 

@@ -17,12 +17,12 @@ import yaml
 from torch import nn
 
 from detection.fixtures import write_coco_fixture
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.ir import _groups
+from wkd_lightning.commands.ir import main as ir_main
+from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.data import COCODetectionDataModule
 from wkd_lightning.detection import DetectionDistillationModule, extract_roi_class_features, faster_rcnn
 from wkd_lightning.detection.roi import check_same_transform, student_rois, teacher_rois
-from wkd_lightning.ir.cli import _groups
-from wkd_lightning.ir.cli import main as ir_main
 from wkd_lightning.losses import KD, WKDFeature, WKDLogit
 from wkd_lightning.teacher import FrozenTeacher
 

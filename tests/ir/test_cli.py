@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
+from wkd_lightning.commands.ir import main
 from wkd_lightning.data.fashion_mnist import CLASS_NAMES
-from wkd_lightning.ir.cli import main
 from wkd_lightning.losses import load_cost, sharpen_cost
 from wkd_lightning.models import mini_resnet14
 
@@ -98,7 +98,7 @@ def test_command_errors(setup, tmp_path):
 
 
 def test_groups_option(tmp_path):
-    from wkd_lightning.ir.cli import _groups
+    from wkd_lightning.commands.ir import _groups
 
     names = list(CLASS_NAMES)
     assert _groups("none", names) is None

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from wkd_lightning import DistillationModule
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.ir.methods import classifier_cosine
 from wkd_lightning.losses import KD, DistillationContext, DistillationLoss, WKDFeature, WKDLogit
 from wkd_lightning.models import mini_resnet8, mini_resnet14

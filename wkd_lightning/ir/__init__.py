@@ -5,7 +5,7 @@
 * :func:`extract_class_features` — per-class teacher features over a data set;
 * :func:`semantic_score` — do nearest neighbours fall in known class groups? (with chance level);
 * :func:`plot_cost_heatmap` — clustered heatmap PNG;
-* the ``wkd-ir`` command (:mod:`wkd_lightning.ir.cli`) doing all of it and writing files for ``WKDLogit``.
+* the ``wkd-ir`` command (:mod:`wkd_lightning.commands.ir`) doing all of it and writing files for ``WKDLogit``.
 """
 
 from wkd_lightning.ir.extract import extract_class_features, feature_rows

@@ -58,9 +58,9 @@ import yaml
 #: The commands a study can run: name -> (Python module run with ``python -m``, arguments before the user's).
 #: One place to change when the commands move; tests/test_study.py checks it against pyproject.toml's scripts.
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "wkd fit": ("wkd_lightning.cli", ("fit",)),
-    "wkd-ban": ("wkd_lightning.selfkd.ban", ()),
-    "wkd-ir": ("wkd_lightning.ir.cli", ()),
+    "wkd fit": ("wkd_lightning.commands.wkd", ("fit",)),
+    "wkd-ban": ("wkd_lightning.commands.ban", ()),
+    "wkd-ir": ("wkd_lightning.commands.ir", ()),
 }
 #: Commands a run (once per seed) may use; steps may use every command of :data:`COMMANDS`.
 RUN_COMMANDS = ("wkd fit", "wkd-ban")

@@ -6,7 +6,7 @@ Usage::
     wkd-ban -c configs/fashion_mnist/ban_wkd_l.yaml --generations 3 --run_dir runs/fashion_mnist/ban_wkd_l
     wkd-ban -c configs/fashion_mnist/kd.yaml --generations 3 --run_dir runs/ban_kd --trainer.max_epochs=5
 
-(``python -m wkd_lightning.selfkd.ban`` is the same command.) Every argument that is not an option of ``wkd-ban``
+(``python -m wkd_lightning.commands.ban`` is the same command.) Every argument that is not an option of ``wkd-ban``
 (``--trainer.max_epochs=5``, ``--data.data_dir DIR``...) is passed on to ``wkd fit`` in every generation.
 
 * **Generation 0** trains the config's student alone with cross-entropy: the config's teacher is removed and the
@@ -19,7 +19,7 @@ Usage::
   validation top-1) instead, with a warning: the data modules validate on the test split, so picking teachers by it is
   test-set selection.
 * **WKD-L cost**: with ``--ir_method M`` each generation k ≥ 1 first builds its cost from generation k−1's
-  checkpoint with the IR tool (``wkd-ir``: method ``M`` of :data:`~wkd_lightning.ir.cli.CLI_METHODS`, features at
+  checkpoint with the IR tool (``wkd-ir``: method ``M`` of :data:`~wkd_lightning.commands.ir.CLI_METHODS`, features at
   ``--ir_layer``, over generation k−1's training data) and points every ``WKDLogit`` at it; a resumed generation
   keeps the cost file it started with. Without ``--ir_method``, ``WKDLogit`` keeps the config's ``cost`` (a file or
   ``uniform``) in every generation.
@@ -54,11 +54,11 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from wkd_lightning.cli import make_cli
+from wkd_lightning.commands import ir as ir_cli
+from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.distributed import say
 from wkd_lightning.errors import run_command
 from wkd_lightning.files import write_text_atomically
-from wkd_lightning.ir import cli as ir_cli
 from wkd_lightning.losses import WKDLogit
 from wkd_lightning.losses.base import keyed_loss_configs
 from wkd_lightning.module import DistillationModule

@@ -6,7 +6,7 @@ Example (Fashion-MNIST teacher trained with ``wkd fit -c configs/fashion_mnist/t
         --teacher_weights runs/fashion_mnist/teacher/checkpoints/best.ckpt \\
         --data wkd_lightning.data.FashionMNISTDataModule --layer pool --output_dir runs/fashion_mnist/ir
 
-(``python -m wkd_lightning.ir.cli`` is the same command.) The teacher's features at ``--layer`` are extracted over
+(``python -m wkd_lightning.commands.ir`` is the same command.) The teacher's features at ``--layer`` are extracted over
 the data module's **training** set, in order and without augmentation where the data module can say how
 (``transform(train=False)``), then for every method ``<output_dir>/<method>.pt`` and ``<output_dir>/<method>.png``
 are written. The ``.pt`` file is a dict loadable with ``torch.load(..., weights_only=True)`` and by
