@@ -29,9 +29,9 @@ FASHION = ROOT / "configs" / "studies" / "fashion_mnist.yaml"
 CIFAR = ROOT / "configs" / "studies" / "cifar100.yaml"
 VANILLA = str(ROOT / "configs" / "fashion_mnist" / "vanilla.yaml")
 STUDY = [sys.executable, "-m", "wkd_lightning.commands.study"]
-#: The 12 methods of the Fashion-MNIST study, in its order.
-METHODS = ["vanilla", "kd", "dkd", "fitnet", "wkd_l_cka_paired", "wkd_l_class_mean_cosine", "wkd_l_uniform", "wkd_f",
-           "wkd_lf", "ban_kd", "ban_wkd_l", "self_kd_online"]  # fmt: skip
+#: The 15 methods of the Fashion-MNIST study, in its order.
+METHODS = ["vanilla", "kd", "kd_ce01", "dkd", "fitnet", "wkd_l_cka_paired", "wkd_l_class_mean_cosine", "wkd_l_iters50",
+           "wkd_l_iters500", "wkd_l_uniform", "wkd_f", "wkd_lf", "ban_kd", "ban_wkd_l", "self_kd_online"]  # fmt: skip
 #: Student t quantiles t(0.975, dof), from a printed table (independent of scipy).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 
@@ -131,10 +131,10 @@ def derived(spec, name: str, seed: int = 0) -> tuple[dict, list[str]]:
 
 
 @pytest.mark.parametrize(("quick", "epochs", "start_epoch", "warmup"), [(False, 12, 7, 4), (True, 3, 2, 1)])
-def test_fashion_mnist_study_runs_the_twelve_methods_with_rescaled_schedules(quick, epochs, start_epoch, warmup):
+def test_fashion_mnist_study_runs_its_methods_with_rescaled_schedules(quick, epochs, start_epoch, warmup):
     spec = load_study(FASHION, quick=quick)
     assert [r.name for r in spec.runs] == METHODS and [s.name for s in spec.steps] == ["teacher", "ir"]
-    assert spec.seeds == ((0,) if quick else (0, 1, 2)) and spec.baseline == "kd" and spec.threads == 1
+    assert spec.seeds == ((0,) if quick else (0, 1, 2, 3, 4)) and spec.baseline == "kd" and spec.threads == 1
     assert str(spec.reports) == ("runs/study_quick" if quick else "benchmarks/results")
     for name in METHODS:
         config, command = derived(spec, name)
@@ -370,17 +370,19 @@ def test_slurm_array_renders_one_task_per_run_and_seed(tmp_path):
     (tmp_path / "submit.sh").write_text(submit)
     for name in ("study.sbatch", "submit.sh"):
         subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
-    assert "#SBATCH --array=0-35" in script and "#SBATCH --gres=gpu:1" in script  # 12 runs x 3 seeds
+    seeds = (0, 1, 2, 3, 4)
+    expected = [(r, s) for s in seeds for r in METHODS if not r.startswith("ban")]
+    first_wave = len(expected)  # 13 runs x 5 seeds
+    expected += [(r, s) for s in seeds for r in ("ban_kd", "ban_wkd_l")]
+    last = len(expected) - 1  # 15 runs x 5 seeds = 75 tasks
+    assert f"#SBATCH --array=0-{last}" in script and "#SBATCH --gres=gpu:1" in script
     # The Born-Again runs need the vanilla run of their seed: they come in a second wave, after the first.
-    assert (
-        "--array=0-29 --dependency=afterok:$steps" in submit and "--array=30-35 --dependency=afterany:$wave0" in submit
-    )
+    assert f"--array=0-{first_wave - 1} --dependency=afterok:$steps" in submit
+    assert f"--array={first_wave}-{last} --dependency=afterany:$wave0" in submit
     echo = tmp_path / "python"
     echo.write_text('#!/bin/bash\necho "$@"\n')
     echo.chmod(0o755)
-    expected = [(r, s) for s in (0, 1, 2) for r in METHODS if not r.startswith("ban")]
-    expected += [(r, s) for s in (0, 1, 2) for r in ("ban_kd", "ban_wkd_l")]
-    for i in (0, 7, 11, 29, 30, 35):
+    for i in (0, 7, 11, first_wave - 1, first_wave, last):
         env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), PYTHON=str(echo))
         out = subprocess.run(["bash", str(script_path)], env=env, capture_output=True, text=True, check=True).stdout
         run_name, seed = expected[i]
@@ -389,9 +391,9 @@ def test_slurm_array_renders_one_task_per_run_and_seed(tmp_path):
     env = dict(os.environ, WKD_STUDY_PART="steps", PYTHON=str(echo))
     out = subprocess.run(["bash", str(script_path)], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split()[-3:] == ["--only", "teacher", "ir"]
-    bad = subprocess.run(["bash", str(script_path)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="36", PYTHON=str(echo)),
-                         capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode == 2 and "the array has 36 tasks" in bad.stderr
+    bad = subprocess.run(["bash", str(script_path)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(last + 1),
+                         PYTHON=str(echo)), capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and f"the array has {last + 1} tasks" in bad.stderr
 
 
 # -- the real command, end to end ------------------------------------------------------------------------------------
