@@ -60,8 +60,21 @@ def user_errors_as_messages(name: str | None = None) -> Iterator[None]:
         if debug:
             raise
         name = name or command_name()
-        print(f"{name}: error: {error}\n(for the traceback: add --debug, or set {DEBUG_VARIABLE}=1)", file=sys.stderr)
+        message = root_cause(error)
+        print(f"{name}: error: {message}\n(for the traceback: add --debug, or set {DEBUG_VARIABLE}=1)", file=sys.stderr)
         sys.exit(1)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The first bad-input error in ``error``'s chain of ``raise ... from`` causes.
+
+    jsonargparse re-raises the error of a class it failed to build (a loss that refused its cost file) as "Does not
+    validate against any of the Union subtypes", with the config it tried; the project's own message, which says
+    what is wrong and what to do, is the cause it was raised from.
+    """
+    while isinstance(error.__cause__, USER_ERRORS):
+        error = error.__cause__
+    return error
 
 
 def run_command(body: Callable[[], object], name: str | None = None) -> None:
