@@ -29,9 +29,10 @@ FASHION = ROOT / "configs" / "studies" / "fashion_mnist.yaml"
 CIFAR = ROOT / "configs" / "studies" / "cifar100.yaml"
 VANILLA = str(ROOT / "configs" / "fashion_mnist" / "vanilla.yaml")
 STUDY = [sys.executable, "-m", "wkd_lightning.commands.study"]
-#: The 15 methods of the Fashion-MNIST study, in its order.
-METHODS = ["vanilla", "kd", "kd_ce01", "dkd", "fitnet", "wkd_l_cka_paired", "wkd_l_class_mean_cosine", "wkd_l_iters50",
-           "wkd_l_iters500", "wkd_l_uniform", "wkd_f", "wkd_lf", "ban_kd", "ban_wkd_l", "self_kd_online"]  # fmt: skip
+#: The 16 methods of the Fashion-MNIST study, in its order.
+METHODS = ["vanilla", "kd", "kd_ce01", "dkd", "dkd_beta2", "fitnet", "wkd_l_cka_paired", "wkd_l_class_mean_cosine",
+           "wkd_l_iters50", "wkd_l_iters500", "wkd_l_uniform", "wkd_f", "wkd_lf", "ban_kd", "ban_wkd_l",
+           "self_kd_online"]  # fmt: skip
 #: Student t quantiles t(0.975, dof), from a printed table (independent of scipy).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 
@@ -154,6 +155,10 @@ def test_fashion_mnist_study_runs_its_methods_with_rescaled_schedules(quick, epo
         for loss in losses_of(config).values():
             assert round(loss["schedule"]["init_args"]["start_epoch"] * epochs) == start_epoch, name
     assert losses_of(derived(spec, "dkd")[0])["DKD"]["warmup_epochs"] == warmup
+    assert losses_of(derived(spec, "dkd_beta2")[0])["DKD"] == {**losses_of(derived(spec, "dkd")[0])["DKD"], "beta": 2.0}
+    assert derived(spec, "kd_ce01")[0]["model"]["ce_weight"] == 0.1
+    iterations = [losses_of(derived(spec, f"wkd_l_iters{n}")[0])["WKDLogit"]["sinkhorn_iters"] for n in (50, 500)]
+    assert iterations == [50, 500]
     assert losses_of(derived(spec, "self_kd_online")[0])["WKDLogit"]["schedule"]["init_args"]["warmup_epochs"] == warmup
 
     study = str(spec.dir)
@@ -372,9 +377,9 @@ def test_slurm_array_renders_one_task_per_run_and_seed(tmp_path):
         subprocess.run(["bash", "-n", str(tmp_path / name)], check=True)
     seeds = (0, 1, 2, 3, 4)
     expected = [(r, s) for s in seeds for r in METHODS if not r.startswith("ban")]
-    first_wave = len(expected)  # 13 runs x 5 seeds
+    first_wave = len(expected)  # 14 runs x 5 seeds
     expected += [(r, s) for s in seeds for r in ("ban_kd", "ban_wkd_l")]
-    last = len(expected) - 1  # 15 runs x 5 seeds = 75 tasks
+    last = len(expected) - 1  # 16 runs x 5 seeds = 80 tasks
     assert f"#SBATCH --array=0-{last}" in script and "#SBATCH --gres=gpu:1" in script
     # The Born-Again runs need the vanilla run of their seed: they come in a second wave, after the first.
     assert f"--array=0-{first_wave - 1} --dependency=afterok:$steps" in submit
