@@ -115,35 +115,42 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     )
 
 
+def list_command(argv: Sequence[str], prog: str, description: str, what: str, rows_of, header: Sequence[str]) -> None:
+    """A listing command: ``<prog> [TEXT]`` prints the table of ``rows_of(TEXT)``; no row is an error."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("contains", nargs="?", default="", help=f"only {what}s that contain this text.")
+    contains = parser.parse_args(argv).contains
+    rows = rows_of(contains)
+    if not rows:
+        raise ValueError(f"no {what} contains {contains!r}; `{prog}` lists them all.")
+    print(table(rows, header))
+
+
 def models_main(argv: Sequence[str]) -> None:
     """``wkd models [TEXT]``."""
-    parser = argparse.ArgumentParser(
-        prog="wkd models",
-        description="List the registered architectures: the name, the class path a config or --model.student / "
-        "--model.teacher takes, the input size it is made for, and its last feature stage (the WKD-F default layer).",
+    list_command(
+        argv,
+        "wkd models",
+        "List the registered architectures: the name, the class path a config or --model.student / --model.teacher "
+        "takes, the input size it is made for, and its last feature stage (the WKD-F default layer).",
+        "registered model name",
+        model_rows,
+        ("name", "class path (--model.student / --model.teacher)", "input", "last stage"),
     )
-    parser.add_argument("contains", nargs="?", default="", help="only names that contain this text.")
-    contains = parser.parse_args(argv).contains
-    rows = model_rows(contains)
-    if not rows:
-        raise ValueError(f"no registered model name contains {contains!r}; `wkd models` lists them all.")
-    print(table(rows, ("name", "class path (--model.student / --model.teacher)", "input", "last stage")))
     print("\nAny other nn.Module class or factory works too, by its class path (e.g. torchvision.models.resnet18).")
 
 
 def configs_main(argv: Sequence[str]) -> None:
     """``wkd configs [TEXT]``."""
-    parser = argparse.ArgumentParser(
-        prog="wkd configs",
-        description="List the shipped configs (configs/**/*.yaml): the path to pass to -c, the command that runs it "
-        "(as its comment shows: wkd fit, wkd-det fit, wkd-ban, wkd-ir) and the first sentence of its comment.",
+    list_command(
+        argv,
+        "wkd configs",
+        "List the shipped configs (configs/**/*.yaml): the path to pass to -c, the command that runs it (as its "
+        "comment shows: wkd fit, wkd-det fit, wkd-ban, wkd-ir) and the first sentence of its comment.",
+        "shipped config path",
+        config_rows,
+        ("config", "run with", "description"),
     )
-    parser.add_argument("contains", nargs="?", default="", help="only paths that contain this text.")
-    contains = parser.parse_args(argv).contains
-    rows = config_rows(contains)
-    if not rows:
-        raise ValueError(f"no shipped config path contains {contains!r}; `wkd configs` lists them all.")
-    print(table(rows, ("config", "run with", "description")))
 
 
 class CatalogHelpFormatter(DefaultHelpFormatter):
