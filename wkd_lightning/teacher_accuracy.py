@@ -3,8 +3,8 @@
 A distillation run is read against its teacher: a student at 76 % means something else under a 79 % teacher than
 under a 70 % one, and a teacher that scores at chance is a wrong weights file. So at the start of training
 :class:`TeacherAccuracy` logs ``teacher/val_top1`` and ``teacher/val_top5`` (top-5 when there are more than 5 classes)
-and prints them once, e.g. ``teacher SmallResNet: val top-1 91.20 %, top-5 99.80 % (10000 images; measured now,
-cached in …)``.
+in the first epoch's row (a resumed fit prints them but does not log them again) and prints them once, e.g.
+``teacher SmallResNet: val top-1 91.20 %, top-5 99.80 % (10000 images; measured now, cached in …)``.
 
 **Cached per teacher file.** The value depends only on the teacher's weights and on the validation data, so it is kept
 in a small JSON file beside the weights, ``<teacher file>.val_accuracy.json``, keyed by the weights' SHA-256 (the
@@ -73,7 +73,7 @@ class TeacherAccuracy(L.Callback):
                 written = write_cache(caches, fingerprint, key, found)
                 how += f", cached in {written}" if written else ", not cached (no writable folder)"
         for name in ("val_top1", "val_top5"):
-            if name in found:
+            if name in found and trainer.current_epoch == 0:  # a resumed fit's log has it in its first epoch's row
                 pl_module.log(f"teacher/{name}", float(found[name]), on_step=False, on_epoch=True, sync_dist=True)
         top5 = f", top-5 {100 * found['val_top5']:.2f} %" if "val_top5" in found else ""
         rank_zero_info(
