@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,9 @@ def test_models_configs_and_a_fit_help_that_lists_our_models(tmp_path):
     student = " ".join(help_text[start : help_text.index("\n  --model.teacher.help", start)].split())
     assert "registered models, as wkd_lightning.models.NAME" in student and "resnet8x4" in student
     assert "wkd_lightning.losses.WKDLogit" in help_text  # the losses' own list stays
+    # A reader that went away (`wkd models | head`) is no error of the user's: `true` closes the pipe at once.
+    piped = subprocess.run("wkd models | true", shell=True, capture_output=True, text=True, timeout=300)
+    assert piped.stderr == "", piped.stderr
     top = run_ok(["wkd", "--help"], tmp_path / "top.log").output
     assert "wkd models" in top and "wkd export" in top
 

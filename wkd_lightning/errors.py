@@ -56,6 +56,10 @@ def user_errors_as_messages(name: str | None = None) -> Iterator[None]:
     debug = take_debug_flag()
     try:
         yield
+    except BrokenPipeError:  # the reader of the output went away (`wkd models | head`): nothing to tell anyone
+        # Python's advice: point stdout at /dev/null, so that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except USER_ERRORS as error:
         if debug:
             raise
