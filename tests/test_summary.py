@@ -16,18 +16,21 @@ def write(run_dir, **summary):
 
 
 def test_table_of_classifier_runs_reads_top1_also_from_summaries_without_a_metric_key(tmp_path, capsys):
-    kd = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8512, last_val_top1=0.85, losses=["KD"])
+    kd = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8512, last_val_top1=0.85, losses=["KD"],
+               best_val_top5=0.991, last_val_top5=0.99)  # fmt: skip
     old = write(tmp_path / "vanilla", best_val_top1=0.8, last_val_top1=0.79)  # written before the metric key existed
     table = format_table([kd, old])
-    assert "| best top-1 (%) | last top-1 (%) |" in table.splitlines()[0]
-    assert "| kd | KD | 3 | 85.12 | 85.00 |" in table and "| vanilla | CE only | 3 | 80.00 | 79.00 |" in table
+    assert "| best top-1 (%) | last top-1 (%) | best top-5 (%) | last top-5 (%) |" in table.splitlines()[0]
+    assert table.splitlines()[1] == "|---|---|---|---|---|---|---|"
+    assert "| kd | KD | 3 | 85.12 | 85.00 | 99.10 | 99.00 |" in table
+    assert "| vanilla | CE only | 3 | 80.00 | 79.00 | – | – |" in table  # no top-5 recorded then
     main([str(kd), str(old)])
     assert capsys.readouterr().out.strip() == table
 
 
 def test_table_of_detector_runs_shows_map_and_refuses_mixed_metrics(tmp_path):
     det = write(tmp_path / "wkd_lf", metric="val/map", best_val_map=0.3456, last_val_map=0.34, losses=["WKDLogit"])
-    assert "| best mAP (%) | last mAP (%) |" in format_table([det])
+    assert format_table([det]).splitlines()[0].endswith("| best mAP (%) | last mAP (%) |")
     assert "| wkd_lf | WKDLogit | 3 | 34.56 | 34.00 |" in format_table([det])
     cls = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8, last_val_top1=0.8)
     with pytest.raises(ValueError, match=r"records val/top1 but .* records val/map"):

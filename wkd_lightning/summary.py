@@ -128,19 +128,21 @@ def can_resume(run_dir: str | os.PathLike) -> bool:
 
 
 def format_table(run_dirs: Sequence[str | os.PathLike]) -> str:
-    """A Markdown table of the best/last monitored metric (%, e.g. validation top-1) of the given runs, one row each."""
+    """A Markdown table of the best/last monitored metric (%, e.g. validation top-1) of the given runs, one row each;
+    classifiers get their best/last top-5 too ("–" for a summary written before top-5 was recorded)."""
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
     metric = summaries[0].get("metric", "val/top1") if summaries else "val/top1"
-    name, key = METRIC_NAMES.get(metric, metric), metric.replace("/", "_")
-    lines = [f"| run | losses | epochs | best {name} (%) | last {name} (%) |", "|---|---|---|---|---|"]
+    keys = [metric.replace("/", "_")] + (["val_top5"] if metric == "val/top1" else [])
+    names = [METRIC_NAMES.get(metric, metric)] + (["top-5"] if metric == "val/top1" else [])
+    columns = [f"{when} {name} (%)" for name in names for when in ("best", "last")]
+    lines = ["| " + " | ".join(["run", "losses", "epochs", *columns]) + " |", "|---" * (3 + len(columns)) + "|"]
     for run_dir, s in zip(run_dirs, summaries):
         if s.get("metric", "val/top1") != metric:
             raise ValueError(f"{run_dir} records {s.get('metric')} but {run_dirs[0]} records {metric}: one table each.")
         losses = ", ".join(s["losses"]) or "CE only"
-        lines.append(
-            f"| {Path(run_dir).name} | {losses} | {s['epochs']} | {100 * s[f'best_{key}']:.2f} "
-            f"| {100 * s[f'last_{key}']:.2f} |"
-        )
+        values = [s.get(f"{when}_{key}") for key in keys for when in ("best", "last")]
+        cells = ["–" if value is None else f"{100 * value:.2f}" for value in values]
+        lines.append("| " + " | ".join([Path(run_dir).name, losses, str(s["epochs"]), *cells]) + " |")
     return "\n".join(lines)
 
 
