@@ -70,15 +70,23 @@ def user_errors_as_messages(name: str | None = None) -> Iterator[None]:
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The first bad-input error in ``error``'s chain of ``raise ... from`` causes.
+    """The error to show for ``error``: past the errors jsonargparse raised ``from`` a bad-input error.
 
     jsonargparse re-raises the error of a class it failed to build (a loss that refused its cost file) as "Does not
     validate against any of the Union subtypes", with the config it tried; the project's own message, which says
-    what is wrong and what to do, is the cause it was raised from.
+    what is wrong and what to do, is the cause it was raised from. Errors raised elsewhere are shown as they are.
     """
-    while isinstance(error.__cause__, USER_ERRORS):
+    while isinstance(error.__cause__, USER_ERRORS) and raised_by_jsonargparse(error):
         error = error.__cause__
     return error
+
+
+def raised_by_jsonargparse(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is jsonargparse's code."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and f"{os.sep}jsonargparse{os.sep}" in frame.tb_frame.f_code.co_filename
 
 
 def run_command(body: Callable[[], object], name: str | None = None) -> None:
