@@ -9,8 +9,8 @@ Usage::
 Formats:
 
 * ``state_dict``: the student's ``state_dict`` with the keys its architecture expects (no ``student.`` prefix, no
-  teacher, loss adapters or metrics), for ``model = mini_resnet8(); model.load_state_dict(torch.load(FILE,
-  weights_only=True))`` as with torchvision or timm weights.
+  teacher, loss adapters or metrics), for ``model = mini_resnet8()`` then
+  ``model.load_state_dict(torch.load(FILE, weights_only=True))``, as with torchvision or timm weights.
 * ``torchscript``: ``torch.jit.script`` of the student in eval mode, or ``torch.jit.trace`` on an example batch
   where scripting fails; load with ``torch.jit.load(FILE)``, without this package.
 * ``onnx``: ``torch.onnx.export`` in eval mode, input ``input`` (N×C×H×W, N free), output ``logits``; needs the
@@ -255,4 +255,5 @@ def load_hint(fmt: str, output: Path, config: dict) -> str:
     if fmt == "onnx":
         return f"onnxruntime.InferenceSession({str(output)!r}).run(None, {{'input': x}})"
     init = ", ".join(f"{k}={v!r}" for k, v in (config.get("init_args") or {}).items())
-    return f"model = {config.get('class_path')}({init}); model.load_state_dict(torch.load({str(output)!r}))"
+    loaded = f"torch.load({str(output)!r}, weights_only=True)"
+    return f"model = {config.get('class_path')}({init}); model.load_state_dict({loaded})"
