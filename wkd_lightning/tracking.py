@@ -86,16 +86,15 @@ class EpochLRMonitor(LearningRateMonitor):
         super().__init__(logging_interval, log_momentum, log_weight_decay)
 
     def on_train_start(self, trainer, *args, **kwargs) -> None:
-        self._active = bool(trainer.loggers)
-        if self._active:
+        if trainer.loggers:
             super().on_train_start(trainer, *args, **kwargs)
 
     def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
-        if getattr(self, "_active", False):
+        if trainer.loggers:
             super().on_train_batch_start(trainer, *args, **kwargs)
 
     def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
-        if getattr(self, "_active", False):
+        if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
