@@ -27,6 +27,7 @@ from wkd_lightning.study.spec import COMMANDS, StudyFileError, load_study
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT / "configs" / "studies" / "fashion_mnist.yaml"
 CIFAR = ROOT / "configs" / "studies" / "cifar100.yaml"
+BAN_BUDGET = ROOT / "configs" / "studies" / "fashion_mnist_ban_budget.yaml"
 VANILLA = str(ROOT / "configs" / "fashion_mnist" / "vanilla.yaml")
 STUDY = [sys.executable, "-m", "wkd_lightning.commands.study"]
 #: The 16 methods of the Fashion-MNIST study, in its order.
@@ -175,12 +176,12 @@ def test_fashion_mnist_study_runs_its_methods_with_rescaled_schedules(quick, epo
         assert "--max_per_class=100" in ir and "--data.train_size=1000" in derived(spec, "vanilla")[1]
 
 
-@pytest.mark.parametrize("name", ["ban_kd", "ban_wkd_l"])
+@pytest.mark.parametrize(("study", "name"), [(FASHION, "ban_kd"), (FASHION, "ban_wkd_l"), (BAN_BUDGET, "ban_kd")])
 @pytest.mark.parametrize("seed", [0, 2])
-def test_born_again_generation_0_is_the_vanilla_run_it_links(name, seed):
+def test_born_again_generation_0_is_the_vanilla_run_it_links(study, name, seed):
     """wkd-ban trains generation 0 from `fit:` without its teacher and the losses that need one, seed + 0: that must
     be the vanilla run of the same seed, with the same command-line arguments, for the link to be right."""
-    spec = load_study(FASHION)
+    spec = load_study(study)
     vanilla, vanilla_command = derived(spec, "vanilla", seed)
     driver, ban_command = derived(spec, name, seed)
     gen0 = copy.deepcopy(driver["fit"])
@@ -197,6 +198,17 @@ def test_born_again_generation_0_is_the_vanilla_run_it_links(name, seed):
         return [a for a in command[command.index("-c") + 2 :] if not a.startswith(own)]
 
     assert sorted(passed_on(ban_command)) == sorted(passed_on(vanilla_command))
+
+
+@pytest.mark.parametrize(("quick", "epochs"), [(False, 36), (True, 2)])
+def test_born_again_budget_study_compares_generation_1_with_its_generation_0(quick, epochs):
+    spec = load_study(BAN_BUDGET, quick=quick)
+    assert [r.name for r in spec.runs] == ["vanilla", "ban_kd"] and spec.baseline == "vanilla" and not spec.steps
+    assert spec.seeds == ((0,) if quick else (0, 1, 2))
+    for name in ("vanilla", "ban_kd"):
+        final = [a for a in derived(spec, name)[1] if a.startswith("--trainer.max_epochs=")][-1]
+        assert final == f"--trainer.max_epochs={epochs}", name
+    assert spec.run("ban_kd").result == "gen1" and spec.run("ban_kd").link == {"gen0": "vanilla"}
 
 
 def test_cifar100_study_is_the_paper_table_with_five_seeds():

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from wkd_lightning.checkpoints import read_state_dict
+from wkd_lightning.commands import ban
 from wkd_lightning.losses import WKDLogit, load_cost
 from wkd_lightning.module import DistillationModule
-from wkd_lightning.commands import ban
 
 ROOT = Path(__file__).resolve().parents[2]
 BAN_KD = ROOT / "configs/fashion_mnist/ban_kd.yaml"
