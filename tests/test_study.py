@@ -488,7 +488,10 @@ def test_wkd_study_errors_and_slurm_through_the_command(tmp_path):
     assert "wkd-study: error: " in bad.output and "study.baseline is 'kd', which is not a run" in bad.output
     assert "name one of a, b" in bad.output
     script = tmp_path / "array.sbatch"
-    made = run_ok([*STUDY, "slurm", "-c", str(FASHION), "--quick", "--out", str(script)], tmp_path / "s.log", 120)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")  # the study's paths are relative to where it runs
+    slurm_command = [*STUDY, "slurm", "-c", str(FASHION), "--quick", "--out", str(script)]
+    made = run_ok(slurm_command, tmp_path / "s.log", 120, cwd=tmp_path)
+    assert (tmp_path / "runs" / "study_quick" / "logs").is_dir()  # SLURM does not create its --output folder
     assert f"{len(METHODS)} array tasks: {len(METHODS)} runs x 1 seeds" in made.output
     subprocess.run(["bash", "-n", str(script)], check=True)
     assert "--quick" in script.read_text() and (tmp_path / "submit.sh").is_file()
