@@ -9,19 +9,22 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.distributed.launch import run, run_ok
+from tests.distributed.launch import run, run_ok, start, wait_all, wait_for
 from wkd_lightning.study import execute as execute_module
 from wkd_lightning.study import plan as plan_module
 from wkd_lightning.study import report as report_module
 from wkd_lightning.study import slurm, stats
+from wkd_lightning.study.plan import read_task_record
 from wkd_lightning.study.spec import COMMANDS, StudyFileError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +338,33 @@ def test_execution_order_skip_resume_and_links(tmp_path, fake_commands, capsys):
     assert "--overwrite=true" in calls(spec.dir / "ir")[-1]["args"]
 
 
+def test_ctrl_c_stops_the_running_tasks_and_the_next_run_goes_on(tmp_path, fake_commands):
+    """Ctrl-C while tasks run: a task still running after the grace period gets SIGTERM (the fake command does not
+    stop by itself), the exception reaches the caller, and running the study again redoes only what did not finish."""
+    data = fake_study(tmp_path)
+    data["runs"][1]["set"] = {"fake": {"sleep": 30}}  # b: still running at Ctrl-C
+    spec = load_study(write_study(tmp_path / "s.yaml", data))
+    said = [""]
+
+    def say(text: str) -> None:
+        said.append(text)
+        if "b seed 0: starting" in said[-2]:  # Ctrl-C at the next message after b started
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        execute_module.execute(spec, plan_module.plan(spec), jobs=2, say=say, stop_grace=0.5)
+    assert time.monotonic() - started < 20  # b was stopped, not waited for
+    assert any("stopping: 1 running task(s)" in x for x in said), said
+    assert not (spec.dir / "b" / "seed0" / "summary.json").exists()
+    assert read_task_record(plan_module.all_tasks(spec)["b/seed0"])["seconds"] > 0  # its time so far is kept
+
+    data["runs"][1]["set"] = {"fake": {"sleep": 0.1}}
+    spec = load_study(write_study(tmp_path / "s.yaml", data))
+    outcome = execute_module.execute(spec, plan_module.plan(spec), jobs=2)
+    assert "a/seed0" in outcome.skipped and "b/seed0" in outcome.ran and not outcome.failed
+
+
 def test_a_failed_run_is_reported_its_dependents_skipped_and_the_others_go_on(tmp_path, fake_commands, capsys):
     spec = load_study(write_study(tmp_path / "s.yaml", fake_study(tmp_path, fake_a={"fail": True})))
     outcome = execute_module.execute(spec, plan_module.plan(spec), jobs=2)
@@ -477,6 +507,34 @@ def test_wkd_study_runs_skips_resumes_and_reports(tmp_path, fashion_dir):
     line = next(x for x in report.output.splitlines() if x.startswith("| fast |"))
     assert f"vs vanilla: {mean:+.2f} ± {std:.2f}" in line
     assert "95 % paired t interval" in (out / "report" / "tiny.md").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_wkd_study_run_cleanly_and_it_resumes(tmp_path, fashion_dir):
+    """Ctrl-C reaches the whole process group: the training run stops by itself at its next step, with one signal
+    (a second would stop it inside the step), wkd-study exits 130 with one line and no traceback, and the same
+    command then resumes the run from its checkpoint to the end."""
+    study_file = real_study(tmp_path, fashion_dir)
+    data = yaml.safe_load(study_file.read_text())
+    data["runs"] = data["runs"][:1]
+    data["study"]["seeds"] = [0]
+    data["defaults"]["args"] = [a for a in data["defaults"]["args"] if "max_epochs" not in a] + [
+        "--trainer.max_epochs=30"
+    ]
+    write_study(study_file, data)
+    runner = start([*STUDY, "run", "-c", str(study_file)], tmp_path / "run1.log")
+    wait_for(tmp_path / "out" / "vanilla" / "seed0" / "checkpoints" / "last.ckpt", runner, timeout=300)
+    os.killpg(runner.pid, signal.SIGINT)
+    stopped = wait_all(runner, tmp_path / "run1.log", timeout=180)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.output, stopped.output[-3000:]
+    assert "[study] stopped (SIGINT). Run the same command again to go on" in stopped.output
+    run_log = (tmp_path / "out" / "logs" / "vanilla_seed0.log").read_text()
+    assert "training stopped (RunInterrupted)" in run_log and "KeyboardInterrupt" not in run_log
+
+    resumed = run_ok([*STUDY, "run", "-c", str(study_file)], tmp_path / "run2.log", timeout=300)
+    assert "vanilla seed 0: resuming" in resumed.output and "1 ran, 0 complete before, 0 failed" in resumed.output
+    summary = json.loads((tmp_path / "out" / "vanilla" / "seed0" / "summary.json").read_text())
+    assert summary["complete"] is True and summary["epochs"] == 30
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ Usage::
 
 (``python -m wkd_lightning.commands.study`` is the same command.) The study file's format is in
 :mod:`wkd_lightning.study.spec`; how tasks run, skip and resume in :mod:`wkd_lightning.study.execute`; the statistics
-in :mod:`wkd_lightning.study.stats`. ``run`` exits with status 1 when a task failed (after running the others).
+in :mod:`wkd_lightning.study.stats`. ``run`` exits with status 1 when a task failed (after running the others). Ctrl-C
+or SIGTERM stops the running tasks, each saving its checkpoint, and exits with 130 or 143; the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,10 +99,30 @@ def run(spec, args) -> int:
             if current != "complete":
                 print("    " + shlex.join(command_line(spec, task, resume=current == "resume")))
         return 0
-    outcome = execute(spec, tasks, jobs=args.jobs, threads=threads, say=lambda text: print(text, flush=True))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        outcome = execute(spec, tasks, jobs=args.jobs, threads=threads, say=lambda text: print(text, flush=True))
+    except (KeyboardInterrupt, Terminated) as stop:
+        signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+        print(
+            f"[study] stopped ({signal.Signals(signum).name}). Run the same command again to go on: finished runs are "
+            "skipped, the interrupted ones resume from their checkpoints.",
+            flush=True,
+        )
+        return 128 + signum  # the shell's convention (Ctrl-C: 130, SIGTERM: 143), as `wkd fit` exits
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     quick = " --quick" if spec.quick else ""
     print(f"[study] report: wkd-study report -c {args.config}{quick}")
     return 1 if outcome.failed else 0
+
+
+class Terminated(Exception):
+    """SIGTERM to ``wkd-study run``, raised in its main loop so that the running tasks are stopped as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def report(spec, args) -> int:

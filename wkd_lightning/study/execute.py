@@ -9,6 +9,8 @@
   so parallel runs do not fight over them.
 * Every task's output goes to its log file; a failed task is reported with the last lines of its log and the others
   go on. :func:`execute` returns the failed tasks' keys.
+* Ctrl-C (or SIGTERM, which ``wkd-study run`` turns into the same exception) stops the running tasks so that each
+  saves its interrupt checkpoint (:func:`stop_running`); running the study again resumes them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from wkd_lightning.study.spec import StudySpec
 from wkd_lightning.summary import read_summary
 
 TAIL_LINES = 20
+#: Seconds the running tasks get to stop by themselves after Ctrl-C before they are sent SIGTERM (see stop_running).
+STOP_GRACE_S = 30.0
 
 
 def default_threads(jobs: int) -> int:
@@ -84,8 +88,12 @@ def execute(
     jobs: int = 1,
     threads: int | None = None,
     say: Callable[[str], None] = print,
+    stop_grace: float = STOP_GRACE_S,
 ) -> Outcome:
-    """Run ``tasks`` (see the module docstring); returns what was run, skipped and failed."""
+    """Run ``tasks`` (see the module docstring); returns what was run, skipped and failed.
+
+    On Ctrl-C (any exception) the running tasks are stopped with :func:`stop_running` (``stop_grace`` seconds to stop
+    by themselves) and the exception propagates."""
     jobs = max(1, jobs)
     threads = threads or spec.threads or default_threads(jobs)
     selected = {t.key for t in tasks}
@@ -151,21 +159,39 @@ def execute(
                     bad[item.task.key] = "failed"
                     outcome.failed.append(item.task.key)
     except BaseException:
-        for item in running:  # Ctrl-C or SIGTERM: let each run save its interrupt checkpoint, then stop
-            if item.process.poll() is None:
-                item.process.send_signal(signal.SIGTERM)
-        for item in running:
-            try:
-                item.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                item.process.kill()
-            _add_seconds(item)
+        stop_running(running, say, stop_grace)
         raise
     say(
         f"[study] done in {elapsed()}: {len(outcome.ran)} ran, {len(outcome.skipped)} complete before, "
         f"{len(outcome.failed)} failed" + (f" ({', '.join(outcome.failed)})" if outcome.failed else "") + "."
     )
     return outcome
+
+
+def stop_running(running: Sequence[Running], say: Callable[[str], None], grace: float = STOP_GRACE_S) -> None:
+    """Stop the running tasks so that each saves its interrupt checkpoint, and record their training time.
+
+    Ctrl-C in a terminal (or a scheduler's signal to the whole job) reaches the tasks too, and a training command
+    that gets a second signal stops at once, inside its step. So the tasks first get ``grace`` seconds to stop by
+    themselves; only those still running then are sent SIGTERM (one signal: a graceful stop at the next step), and
+    killed if they have not ended 60 s later.
+    """
+    alive = [item for item in running if item.process.poll() is None]
+    if alive:
+        say(f"[study] stopping: {len(alive)} running task(s) save their state first (Ctrl-C again: at once)")
+    deadline = time.monotonic() + grace
+    while any(item.process.poll() is None for item in alive) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for item in alive:
+        if item.process.poll() is None:
+            item.process.send_signal(signal.SIGTERM)
+    for item in running:
+        try:
+            item.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            item.process.kill()
+            item.process.wait()
+        _add_seconds(item)
 
 
 def _done_key(spec: StudySpec, key: str) -> bool:
