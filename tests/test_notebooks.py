@@ -71,27 +71,31 @@ def quick_env(tmp_path) -> dict[str, str]:
     }
 
 
+#: Committed with their outputs, executed on the Fashion-MNIST study's teacher, cost matrices and seed-0 student.
+#: 03_results.ipynb follows once the study's 5-seed report is committed (issue 19); until then it carries none.
+EXECUTED = ("01_category_interrelations.ipynb", "02_transport_plans.ipynb")
+
+
 def test_committed_notebooks_show_the_study_outputs():
-    """The notebooks are committed executed, top to bottom and without errors, on the study's own files (the
-    teacher, the cost matrices, a student and the committed report), so that a reader on GitHub sees the real
-    heatmaps, transport plans and result plots, not the stand-ins a fresh clone trains."""
-    results = json.loads((ROOT / "benchmarks" / "results" / "fashion_mnist.json").read_text())
+    """A reader on GitHub sees the real heatmaps and transport plans, not the stand-ins a fresh clone trains: the
+    notebooks are committed executed top to bottom, without errors, on the study's own files."""
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         nbformat.validate(notebook)
         assert notebook.metadata["kernelspec"]["name"] == "python3"
         code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        if path.name not in EXECUTED:
+            assert all(cell.outputs == [] and cell.execution_count is None for cell in code), path.name
+            continue
         counts = [cell.execution_count for cell in code]
-        assert counts == list(range(1, len(code) + 1)), (
-            f"{path.name}: execute it top to bottom (see notebooks/README.md)"
-        )
+        assert counts == list(range(1, len(code) + 1)), f"{path.name}: execute it top to bottom (notebooks/README.md)"
         assert not [o for cell in code for o in cell.outputs if o.output_type == "error"], path.name
         text = outputs(notebook)
-        assert "STAND-IN" not in text and "runs/study/" in text.replace("\\", "/"), path.name
+        assert "STAND-IN" not in text and "trained teacher runs/study/teacher/" in text, path.name
         assert images(notebook) >= 2, path.name
-    text = outputs(nbformat.read(NOTEBOOKS / "03_results.ipynb", as_version=4))
-    assert f"(generated {results['generated']})" in text, "03_results.ipynb shows another report than the committed one"
-    assert "| seed | gen0 test top-1 |" in text  # the Born-Again measurement on the study's runs
+    assert "trained student runs/study/wkd_l_class_mean_cosine/seed0/" in outputs(
+        nbformat.read(NOTEBOOKS / "02_transport_plans.ipynb", as_version=4)
+    )
 
 
 @pytest.mark.slow
