@@ -99,7 +99,10 @@ def run(spec, args) -> int:
             if current != "complete":
                 print("    " + shlex.join(command_line(spec, task, resume=current == "resume")))
         return 0
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C raises KeyboardInterrupt even where the shell started this process with SIGINT ignored (a background
+    # job): the training commands it starts stop on SIGINT whatever they inherit, so this one must notice it too.
+    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _raise_terminated}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         outcome = execute(spec, tasks, jobs=args.jobs, threads=threads, say=lambda text: print(text, flush=True))
     except (KeyboardInterrupt, Terminated) as stop:
@@ -111,7 +114,8 @@ def run(spec, args) -> int:
         )
         return 128 + signum  # the shell's convention (Ctrl-C: 130, SIGTERM: 143), as `wkd fit` exits
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     quick = " --quick" if spec.quick else ""
     print(f"[study] report: wkd-study report -c {args.config}{quick}")
     return 1 if outcome.failed else 0
