@@ -26,4 +26,4 @@ fit vanilla
 fit kd
 fit wkd_l
 echo
-python -m wkd_lightning.summary "$RUNS/teacher" "$RUNS/vanilla" "$RUNS/kd" "$RUNS/wkd_l"
+wkd summary "$RUNS/teacher" "$RUNS/vanilla" "$RUNS/kd" "$RUNS/wkd_l"

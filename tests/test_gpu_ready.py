@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from wkd_lightning import DistillationModule
-from wkd_lightning.checks import NonFiniteWatch
 from wkd_lightning.losses import KD, WKDFeature, WKDLogit
 from wkd_lightning.models import mini_resnet8, mini_resnet14
+from wkd_lightning.run.watch import NonFiniteWatch
 from wkd_lightning.selfkd import EMATeacher
 
 

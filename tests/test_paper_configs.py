@@ -9,7 +9,7 @@ flat keys out of a YAML config, and :func:`test_config_matches_its_reference_row
 Also checked: the table covers exactly the configs on disk (BAN configs aside); every WKD-L paper config reads the
 release's ``cka_paired`` cost and its ``_semantic`` twin the class-mean cosine cost; the ``wkd-ir`` command in each
 header writes the cost file its config reads, and runs on the test fixtures. That each config builds and trains one
-step is tested in ``tests/test_cli.py``; its loss values in ``tests/test_golden_losses.py``.
+step is tested in ``tests/commands/test_cli.py``; its loss values in ``tests/losses/test_golden.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import yaml
 from wkd_lightning.commands.ir import build_parser
 from wkd_lightning.commands.ir import main as wkd_ir
 from wkd_lightning.losses import CosineDecay, load_cost
+from wkd_lightning.losses.schedule import epoch_of
 from wkd_lightning.models import model_info
-from wkd_lightning.schedules import epoch_of, milestone_epochs
+from wkd_lightning.run.optim import milestone_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -190,7 +191,7 @@ def recipe_of(cfg: dict) -> dict:
     model, data = cfg["model"], cfg["data"]["init_args"]
     optimizer = model["optimizer"]
     scheduler = model["lr_scheduler"]
-    assert scheduler["class_path"] == "wkd_lightning.schedules.MultiStepLR"  # milestones: fractions of the run
+    assert scheduler["class_path"] == "wkd_lightning.run.optim.MultiStepLR"  # milestones: fractions of the run
     values = {
         "optimizer": optimizer["class_path"].rpartition(".")[2],
         **{k: optimizer["init_args"][k] for k in ("lr", "momentum", "nesterov", "weight_decay")},

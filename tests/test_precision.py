@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from tests.test_cli import QUIET, ROOT, localised_config
+from tests.commands.test_cli import QUIET, ROOT, localised_config
 from wkd_lightning.commands.wkd import make_cli
 
 

@@ -1,5 +1,6 @@
 """wkd-lightning: Wasserstein-distance knowledge distillation (WKD-L, WKD-F) for PyTorch Lightning."""
 
+from wkd_lightning import legacy
 from wkd_lightning.data import (
     CIFAR100DataModule,
     COCODetectionDataModule,
@@ -20,3 +21,5 @@ __all__ = [
     "ImageNetDataModule",
 ]
 __version__ = "0.1.0"
+
+legacy.install()  # old import paths (configs and checkpoints of earlier versions) keep loading

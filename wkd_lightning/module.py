@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Sequence, Sized
 from itertools import chain
 from typing import ClassVar
 
@@ -32,21 +32,16 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
-from wkd_lightning.checks import NonFiniteWatch, check_costs_fit_data, check_input_batch
-from wkd_lightning.fingerprints import InputFingerprints
 from wkd_lightning.hooks import FeatureHooks
-from wkd_lightning.losses.base import (
-    DistillationContext,
-    DistillationLoss,
-    check_labels,
-    check_number,
-    loss_plugins,
-    plugin_terms,
-    total_loss,
-)
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins, plugin_terms
+from wkd_lightning.losses.checks import check_labels, check_number
+from wkd_lightning.losses.cost_checks import check_costs_fit_data
+from wkd_lightning.run.fingerprints import InputFingerprints
+from wkd_lightning.run.optim import PaperSGD
+from wkd_lightning.run.teacher_accuracy import TeacherAccuracy
+from wkd_lightning.run.watch import NonFiniteWatch, check_input_batch, total_loss
 from wkd_lightning.selfkd.online import OnlineTeacher
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
-from wkd_lightning.teacher_accuracy import TeacherAccuracy
 
 #: Arguments that are objects (networks, loss plug-ins, optimizer callables): kept out of the hyperparameters of a
 #: module built in Python (they would be pickled), stored as their config when LightningCLI builds the module.
@@ -57,20 +52,6 @@ ONLINE_TEACHER_PREFIX = "online_teacher."
 SHAPES_KEY = "wkd_shapes"
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-
-class PaperSGD(torch.optim.SGD):
-    """The CIFAR-100 recipe of the WKD release (SPEC §5): Nesterov SGD, weight decay on every learnable parameter."""
-
-    def __init__(
-        self,
-        params: Iterable[nn.Parameter],
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        nesterov: bool = True,
-    ) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 class DistillationModule(InputFingerprints, L.LightningModule):
@@ -103,11 +84,11 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             KD baselines use 0.1 on CIFAR-100 and 0.5 on ImageNet).
         allow_changed_inputs: load a checkpoint (resume, ``validate``/``test --ckpt_path``) even when its run read
             other teacher weights or WKD-L cost files than this module (their SHA-256 is stored in every checkpoint,
-            see :mod:`wkd_lightning.fingerprints`), with a warning; by default that is an error.
+            see :mod:`wkd_lightning.run.fingerprints`), with a warning; by default that is an error.
         compile: compile the student, the pretrained teacher and the loss plug-ins with ``torch.compile`` (in place,
             ``nn.Module.compile``: checkpoint keys and feature hooks are unchanged). The teacher's graph is traced
             under its ``no_grad`` and the step's autocast. The first training step of each epoch runs the plug-ins
-            eagerly, with every input check (see :mod:`wkd_lightning.checks`).
+            eagerly, with every input check (see :mod:`wkd_lightning.losses.checks`).
 
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is read by online
     teachers that store per-sample predictions, and names the samples of a batch with NaN/inf pixels.
@@ -116,7 +97,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
     weighted term as it enters ``L``: ``ce`` and ``<plug-in>/<term>``), ``train/loss/<name>/<term>_raw`` (the term
     before its weight) and ``train/weight/<name>`` (the weight that epoch: ``ce_weight``, or a plug-in's
     ``weight · c(e)``), ``train/top1``/``top5``; the progress bar shows the per-step ``loss``. With a pretrained
-    teacher, ``teacher/val_top1``/``top5`` once per fit (:mod:`wkd_lightning.teacher_accuracy`).
+    teacher, ``teacher/val_top1``/``top5`` once per fit (:mod:`wkd_lightning.run.teacher_accuracy`).
     """
 
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
@@ -284,7 +265,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """With a pretrained teacher: measure and log its validation accuracy once
-        (:mod:`wkd_lightning.teacher_accuracy`)."""
+        (:mod:`wkd_lightning.run.teacher_accuracy`)."""
         return [TeacherAccuracy()] if self.teacher is not None else []
 
     def configure_optimizers(self):
@@ -444,7 +425,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """The student's class probabilities (softmax in float32), B×C; ``wkd predict`` writes their top-k
-        (:mod:`wkd_lightning.predictions`)."""
+        (:mod:`wkd_lightning.run.predictions`)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.student(x).float().softmax(dim=1)
 

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from tests.commands.test_cli import ROOT, localised_config
 from tests.distributed.launch import QUIET, CommandTimeout, run, run_ok, start, wait_all, wait_for
-from tests.test_cli import ROOT, localised_config
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed"),
@@ -255,7 +255,7 @@ def test_process_group_timeout_reaches_lightning_strategies():
 
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from wkd_lightning.distributed import set_process_group_timeout
+    from wkd_lightning.run.distributed import set_process_group_timeout
 
     for strategy in (DDPStrategy(), FSDPStrategy()):
         set_process_group_timeout(strategy, 12.5)
@@ -286,7 +286,7 @@ def equality_config(tmp_path: Path, fashion_dir: Path) -> Path:
                     "init_args": {"student_path": "features.6", "teacher_path": "layer2", "weight": 0.5},
                 },
             ],
-            "optimizer": {"class_path": "wkd_lightning.module.PaperSGD", "init_args": {"lr": 0.05}},
+            "optimizer": {"class_path": "wkd_lightning.run.optim.PaperSGD", "init_args": {"lr": 0.05}},
         },
         "data": {
             "class_path": "wkd_lightning.data.FashionMNISTDataModule",
@@ -338,7 +338,7 @@ def test_two_processes_train_the_same_student_as_one_with_the_same_global_batch(
 
 
 def test_collective_failures_are_explained_and_other_errors_left_alone():
-    from wkd_lightning.distributed import explain_collective_failure
+    from wkd_lightning.run.distributed import explain_collective_failure
 
     timeout = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms for recv operation")
     assert "another rank died, hung or is unreachable" in explain_collective_failure(timeout)

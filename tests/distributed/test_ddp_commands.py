@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from tests.commands.test_cli import ROOT
 from tests.distributed.launch import QUIET, run_ok
 from tests.distributed.test_ddp_cli import ddp, evaluation_metrics, last_row
-from tests.test_cli import ROOT
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed"),

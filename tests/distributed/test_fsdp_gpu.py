@@ -1,4 +1,4 @@
-"""FSDP with the teacher sharded apart from the student (:class:`wkd_lightning.distributed.TeacherShardedFSDP`).
+"""FSDP with the teacher sharded apart from the student (:class:`wkd_lightning.run.distributed.TeacherShardedFSDP`).
 
 GPU only: FSDP needs CUDA (NCCL). Skipped on the CPU development machines; run on a GPU machine with
 ``python -m pytest tests/distributed/test_fsdp_gpu.py``.
@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
+from tests.commands.test_cli import ROOT
 from tests.distributed.launch import QUIET, run_ok
 from tests.distributed.test_ddp_cli import config_with
-from tests.test_cli import ROOT
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs a GPU (CUDA); none here"),
@@ -36,7 +36,7 @@ def test_wkd_fit_with_a_sharded_teacher_saves_no_teacher(tmp_path, fashion_dir):
             "--trainer.max_epochs=1",
             "--trainer.accelerator=gpu",
             f"--trainer.devices={torch.cuda.device_count()}",
-            "--trainer.strategy=wkd_lightning.distributed.TeacherShardedFSDP",
+            "--trainer.strategy=wkd_lightning.run.distributed.TeacherShardedFSDP",
             "--trainer.strategy.teacher_min_params=5000",
             "--trainer.callbacks+=tests.distributed.support.AssertTeacherSharded",
         ],

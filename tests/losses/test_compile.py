@@ -6,7 +6,7 @@ left on the loss's path. The default tests use the ``aot_eager`` backend: Dynamo
 AOTAutograd traces its backward, like the real compiler, but the graphs run with the eager kernels, so the results
 are compared with eager tightly and the tests take seconds (``inductor`` codegen takes tens of seconds per graph on
 two CPU cores; the ``slow`` test at the end runs it for WKD-L). Eager calls keep their clear errors; under
-compilation the value checks are skipped (:mod:`wkd_lightning.checks`).
+compilation the value checks are skipped (:mod:`wkd_lightning.losses.checks`).
 """
 
 from __future__ import annotations

@@ -409,7 +409,7 @@ def test_a_similarity_matrix_is_refused_a_shifted_distance_is_not(tmp_path: Path
 
 
 def test_cost_class_names_must_match_the_data_modules() -> None:
-    from wkd_lightning.checks import check_cost_class_names
+    from wkd_lightning.losses.cost_checks import check_cost_class_names
 
     check_cost_class_names(None, ["a", "b"], "cost", "data")  # no names on one side: nothing to compare
     check_cost_class_names(["a", "b"], ("a", "b"), "cost", "data")
@@ -428,8 +428,7 @@ def test_a_grid_of_single_pixel_cells_is_refused_when_the_plugin_is_built() -> N
 
 
 def test_nan_input_pixels_are_named_at_once_and_by_the_watch() -> None:
-    from wkd_lightning.checks import NonFiniteWatch, check_input_batch
-    from wkd_lightning.losses.base import total_loss
+    from wkd_lightning.run.watch import NonFiniteWatch, check_input_batch, total_loss
 
     x = torch.zeros(4, 1, 2, 2)
     x[2, 0, 1, 1] = float("nan")
@@ -523,7 +522,7 @@ def test_every_torch_load_in_the_losses_is_weights_only() -> None:
 
 
 def test_total_loss_sums_the_terms_and_names_the_non_finite_ones():
-    from wkd_lightning.losses.base import total_loss
+    from wkd_lightning.run.watch import total_loss
 
     terms = {"ce": torch.tensor(1.5), "wkd_l/wd": torch.tensor(0.25)}
     assert float(total_loss(terms, epoch=1, step=0)) == 1.75

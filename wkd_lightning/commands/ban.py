@@ -56,13 +56,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from wkd_lightning.commands import ir as ir_cli
 from wkd_lightning.commands.wkd import make_cli
-from wkd_lightning.distributed import say
-from wkd_lightning.errors import run_command
-from wkd_lightning.files import write_text_atomically
 from wkd_lightning.losses import WKDLogit
 from wkd_lightning.losses.base import keyed_loss_configs
 from wkd_lightning.module import DistillationModule
-from wkd_lightning.summary import can_resume, is_complete, read_summary
+from wkd_lightning.run.distributed import say
+from wkd_lightning.run.errors import run_command
+from wkd_lightning.run.files import write_text_atomically
+from wkd_lightning.run.summary import can_resume, is_complete, read_summary
 
 #: Options of this command that a driver config's ``ban:`` section may set.
 BAN_OPTIONS = ("generations", "run_dir", "ir_method", "ir_layer", "teacher_checkpoint")
@@ -190,8 +190,8 @@ def train_generation(config: dict, gen_dir: Path, fit_args: Sequence[str]) -> Di
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``wkd-ban`` console script. It ends as ``wkd`` does
-    (:func:`~wkd_lightning.errors.run_command`): a bad input with one ``wkd-ban: error: ...`` message and exit status
-    1 (``--debug``: the traceback), a stop by SIGTERM or Ctrl-C with 143 or 130, a lost DDP peer with one
+    (:func:`~wkd_lightning.run.errors.run_command`): a bad input with one ``wkd-ban: error: ...`` message and exit
+    status 1 (``--debug``: the traceback), a stop by SIGTERM or Ctrl-C with 143 or 130, a lost DDP peer with one
     explanation."""
     run_command(lambda: run(args), "wkd-ban")
 

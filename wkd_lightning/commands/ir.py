@@ -43,12 +43,12 @@ from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.data.sampling import SeededDataset
 from wkd_lightning.detection.ir import extract_roi_class_features
-from wkd_lightning.errors import user_errors_as_messages
-from wkd_lightning.files import replaced_atomically
 from wkd_lightning.ir.extract import LOGITS, extract_class_features
 from wkd_lightning.ir.heatmap import plot_cost_heatmap
 from wkd_lightning.ir.methods import KNOWN_METHODS, classifier_cosine, cost_matrix, final_linear
 from wkd_lightning.ir.score import KNOWN_GROUPINGS, group_labels, known_groups, semantic_score
+from wkd_lightning.run.errors import user_errors_as_messages
+from wkd_lightning.run.files import replaced_atomically
 from wkd_lightning.teacher import FrozenTeacher
 
 #: The box classifier of a torchvision detector (its last nn.Linear is the box regressor).
@@ -327,7 +327,7 @@ def _short(class_path: str) -> str:
 
 def cli_main() -> None:
     """Console-script entry point of ``wkd-ir`` (returns nothing, so the shell sees exit status 0; a bad input: one
-    message and status 1, see :mod:`wkd_lightning.errors`).
+    message and status 1, see :mod:`wkd_lightning.run.errors`).
 
     ``wkd-ir`` needs one process. Started by a multi-process launcher (torchrun, srun), rank 0 builds the files and
     the other ranks exit at once: they would only redo the same work, and find rank 0's files already there.

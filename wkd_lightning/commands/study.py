@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wkd_lightning.errors import user_errors_as_messages
+from wkd_lightning.run.errors import user_errors_as_messages
 from wkd_lightning.study.execute import default_threads, execute
 from wkd_lightning.study.plan import command_line, plan, state
 from wkd_lightning.study.report import build_report, markdown_table, report_paths, write_report

@@ -7,9 +7,10 @@ Every run writes to ``trainer.default_root_dir``: ``config.yaml`` (the full reso
 box mAP for detectors; ``last-interrupted.ckpt`` when Ctrl-C or SIGTERM stops a fit). ``--ckpt_path last`` resumes a
 run from the newest of them. A fresh fit into a run directory that holds an earlier fit is refused (``--new_version
 true``: into ``<run dir>/version_<N>``); ``validate``/``test``/``predict`` write into ``<run dir>/<subcommand>/<time
-stamp>`` (:mod:`wkd_lightning.rundirs`), ``predict`` its ``predictions.csv`` (:mod:`wkd_lightning.predictions`).
-``wkd models``, ``wkd configs`` (:mod:`wkd_lightning.catalog`) and ``wkd export`` (:mod:`wkd_lightning.export`) are
-commands of their own. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
+stamp>`` (:mod:`wkd_lightning.run.rundirs`), ``predict`` its ``predictions.csv`` (:mod:`wkd_lightning.run.predictions`).
+``wkd models``, ``wkd configs`` (:mod:`wkd_lightning.commands.catalog`), ``wkd export``
+(:mod:`wkd_lightning.commands.export`) and ``wkd summary`` (:mod:`wkd_lightning.commands.summary`) are commands of their
+own. More loggers (Weights & Biases) come from ``trainer.logger``; a CSV logger
 in the run directory is always kept.
 """
 
@@ -30,20 +31,20 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from wkd_lightning.catalog import CatalogHelpFormatter
 from wkd_lightning.checkpoints import check_run_checkpoint
-from wkd_lightning.config_layers import LOSSES_OPTION, WKDArgumentParser, keyed_losses_argv
+from wkd_lightning.commands.catalog import CatalogHelpFormatter
 from wkd_lightning.detection import DetectionDistillationModule
-from wkd_lightning.distributed import DEFAULT_TIMEOUT_S, set_process_group_timeout
-from wkd_lightning.errors import run_command
-from wkd_lightning.healthy import FiniteModelCheckpoint
-from wkd_lightning.interruption import InterruptCheckpoint, StopOnSignal
 from wkd_lightning.losses.base import DistillationLoss
 from wkd_lightning.losses.schedule import WeightSchedule
 from wkd_lightning.module import INJECTED_ARGUMENTS, DistillationModule
-from wkd_lightning.predictions import PredictionWriter
-from wkd_lightning.recipe import RecipeCheck, plain, recipe_of
-from wkd_lightning.rundirs import (
+from wkd_lightning.run.config_layers import LOSSES_OPTION, WKDArgumentParser, keyed_losses_argv
+from wkd_lightning.run.distributed import DEFAULT_TIMEOUT_S, set_process_group_timeout
+from wkd_lightning.run.errors import run_command
+from wkd_lightning.run.interruption import InterruptCheckpoint, StopOnSignal
+from wkd_lightning.run.optim import resolve_loss_schedules, resolve_lr_scheduler
+from wkd_lightning.run.predictions import PredictionWriter
+from wkd_lightning.run.recipe import RecipeCheck, plain, recipe_of
+from wkd_lightning.run.rundirs import (
     EVALUATION_COMMANDS,
     earlier_fit_files,
     evaluation_dir,
@@ -51,9 +52,9 @@ from wkd_lightning.rundirs import (
     refuse_used_run_dir,
     shared_across_ranks,
 )
-from wkd_lightning.schedules import resolve_loss_schedules, resolve_lr_scheduler
-from wkd_lightning.summary import RunSummary
-from wkd_lightning.tracking import EpochLRMonitor, RunCSVLogger, check_wandb_reachable
+from wkd_lightning.run.summary import RunSummary
+from wkd_lightning.run.tracking import EpochLRMonitor, RunCSVLogger, check_wandb_reachable
+from wkd_lightning.run.watch import FiniteModelCheckpoint
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -124,7 +125,7 @@ class WKDCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Lightning's parsing, but ``--print_config`` prints after :meth:`before_instantiate_classes` has resolved
         the config (the schedules' epochs), so that it shows the values the run would use; a whole
-        ``--model.losses VALUE`` is layered as a config file's is (:mod:`wkd_lightning.config_layers`)."""
+        ``--model.losses VALUE`` is layered as a config file's is (:mod:`wkd_lightning.run.config_layers`)."""
         self._print_config = None
         if isinstance(args, (dict, Namespace)):
             return super().parse_arguments(parser, args)
@@ -203,7 +204,7 @@ class WKDCLI(LightningCLI):
                 )
 
     def before_fit(self) -> None:
-        """Every checkpoint of the fit stores its recipe; a resume compares it (:mod:`wkd_lightning.recipe`)."""
+        """Every checkpoint of the fit stores its recipe; a resume compares it (:mod:`wkd_lightning.run.recipe`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         model = getattr(self, "_recipe_model", config.model)  # before the loss schedules' epochs were resolved
         self.trainer.callbacks.append(RecipeCheck(recipe_of(model), config.get("allow_changed_recipe", False)))
@@ -362,10 +363,12 @@ def make_cli(
 
 
 #: ``wkd`` commands besides LightningCLI's fit/validate/test/predict: name → (module, function, what it does).
+_HERE = "wkd_lightning.commands"
 EXTRA_COMMANDS = {
-    "models": ("wkd_lightning.catalog", "models_main", "list the registered architectures and their class paths"),
-    "configs": ("wkd_lightning.catalog", "configs_main", "list the shipped configs with a line on each"),
-    "export": ("wkd_lightning.export", "main", "write a trained student alone (state_dict, TorchScript, ONNX)"),
+    "models": (f"{_HERE}.catalog", "models_main", "list the registered architectures and their class paths"),
+    "configs": (f"{_HERE}.catalog", "configs_main", "list the shipped configs with a line on each"),
+    "export": (f"{_HERE}.export", "main", "write a trained student alone (state_dict, TorchScript, ONNX)"),
+    "summary": (f"{_HERE}.summary", "main", "print the best and last validation metrics of run directories as a table"),
 }
 
 
@@ -374,7 +377,7 @@ def main(model_class: type[L.LightningModule] = DistillationModule) -> None:
 
     ``wkd models``, ``wkd configs`` and ``wkd export`` (:data:`EXTRA_COMMANDS`) are recognised before LightningCLI
     parses anything; everything else is LightningCLI's ``fit|validate|test|predict``. The command ends as every
-    training command does (:func:`~wkd_lightning.errors.run_command`): a bad input (a wrong config value, a missing
+    training command does (:func:`~wkd_lightning.run.errors.run_command`): a bad input (a wrong config value, a missing
     or damaged file, a used run directory) with its message alone and exit status 1 (``--debug`` or ``WKD_DEBUG=1``:
     the traceback); a stop by SIGTERM with 143 (Ctrl-C: 130), not Lightning's 0; a collective that failed because
     another rank died or hung with one message that says so.

@@ -34,17 +34,11 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FasterRCNN
 
 from wkd_lightning.checkpoints import check_checkpoint_fits
-from wkd_lightning.checks import NonFiniteWatch
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
-from wkd_lightning.fingerprints import InputFingerprints
-from wkd_lightning.losses.base import (
-    DistillationContext,
-    DistillationLoss,
-    check_number,
-    loss_plugins,
-    plugin_terms,
-    total_loss,
-)
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins, plugin_terms
+from wkd_lightning.losses.checks import check_number
+from wkd_lightning.run.fingerprints import InputFingerprints
+from wkd_lightning.run.watch import NonFiniteWatch, total_loss
 from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
 
 #: The COCO metrics logged, by torchmetrics' key.
@@ -79,7 +73,7 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         ce_weight: weight of the box classifier's cross-entropy (Faster R-CNN's ``roi_classifier`` term), the
             detection counterpart of :class:`~wkd_lightning.module.DistillationModule`'s ``ce_weight`` (default 1).
         allow_changed_inputs: load a checkpoint whose run read other teacher weights or WKD-L cost files, with a
-            warning, instead of refusing it (see :mod:`wkd_lightning.fingerprints`).
+            warning, instead of refusing it (see :mod:`wkd_lightning.run.fingerprints`).
 
     Batches are ``(images, targets)``: lists of ``3×H×W`` images in [0, 1] and of ``{"boxes", "labels", ...}`` dicts
     (:class:`~wkd_lightning.data.COCODetectionDataModule`).

@@ -19,19 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from wkd_lightning.checks import (  # noqa: F401 -- re-exported: the losses' checks used to live here
-    NonFiniteWatch,
-    check_finite,
-    check_input_batch,
-    check_integer,
-    check_labels,
-    check_logits,
-    check_number,
-    check_total,
-    class_indices,
-    deferred_checks,
-    values_checked,
-)
+from wkd_lightning.losses.checks import check_number, deferred_checks
 from wkd_lightning.losses.schedule import Constant, WeightSchedule
 
 
@@ -235,8 +223,8 @@ def plugin_terms(
         losses: the plug-ins.
         ctx: the step's context.
         checked: run the plug-ins' value checks, eagerly (a plug-in compiled with ``nn.Module.compile`` runs its
-            eager code, hooks included); ``False`` skips them (:func:`~wkd_lightning.checks.deferred_checks`) and runs
-            the plug-ins as they are, compiled or not.
+            eager code, hooks included); ``False`` skips them (:func:`~wkd_lightning.losses.checks.deferred_checks`)
+            and runs the plug-ins as they are, compiled or not.
         unweighted: filled, when given, with each term before its weight, under the same keys.
         weights: filled, when given, with each plug-in's weight ``w`` at this epoch, keyed by plug-in name.
     """
@@ -266,42 +254,6 @@ def plugin_terms(
                 if unweighted is not None:
                     unweighted[name] = value
     return terms
-
-
-def total_loss(
-    terms: Mapping[str, Tensor],
-    epoch: int,
-    step: int,
-    advice: str = "Lower the learning rate or the loss weights.",
-    watch: NonFiniteWatch | None = None,
-    inputs: Tensor | None = None,
-    index: Tensor | None = None,
-) -> Tensor:
-    """``L = Σ terms``, the loss a training step minimises; a non-finite sum is an error naming the terms causing it.
-
-    Args:
-        terms: the step's named scalar terms (the task loss and every plug-in's).
-        epoch: the 1-based epoch, for the message.
-        step: the batch index, for the message.
-        advice: what to try, appended to the message.
-        watch: check later, on the device (:class:`~wkd_lightning.checks.NonFiniteWatch`: no host synchronisation);
-            ``None`` checks now.
-        inputs: the step's input batch: a non-finite sum is then blamed on its NaN/inf pixels, when it has some.
-        index: the batch's dataset indices (named in that message), or ``None``.
-
-    Raises:
-        FloatingPointError: the sum is NaN or infinite (now, or from ``watch`` a few steps later).
-        ValueError: the same, and ``inputs`` held NaN/inf pixels (:func:`~wkd_lightning.checks.input_message`).
-    """
-    stacked = torch.stack(list(terms.values()))
-    total = stacked.sum()
-    if watch is None:
-        if inputs is not None and values_checked() and not torch.isfinite(total):
-            check_input_batch(inputs, index, epoch, step)
-        check_total(terms, total, epoch, step, advice)
-    else:
-        watch.observe(terms, stacked, total, epoch, step, inputs, index)
-    return total
 
 
 def float32(x: Tensor) -> Tensor:

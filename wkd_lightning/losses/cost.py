@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from wkd_lightning.checks import check_cost, check_cost_meaning, check_number
+from wkd_lightning.losses.checks import check_number
+from wkd_lightning.losses.cost_checks import check_cost, check_cost_meaning
 
 #: Added to ``relu(D)`` so that every cost is strictly positive (released behaviour, SPEC §1.3).
 COST_FLOOR = 1e-8
@@ -62,7 +63,7 @@ def load_cost_file(path: str | Path, kappa: float = 1.0) -> tuple[Tensor, dict]:
         ValueError: if ``torch.load(..., weights_only=True)`` cannot read the file, the file holds something else, or
             the matrix is not a finite square matrix (the message names the file and counts the NaN/inf entries),
             or it is no distance: negative entries, or a similarity matrix (see
-            :func:`~wkd_lightning.checks.check_cost_meaning`).
+            :func:`~wkd_lightning.losses.cost_checks.check_cost_meaning`).
     """
     path = Path(path)
     source = f"WKD-L cost file {str(path)!r}"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from wkd_lightning.checks import check_logits, check_number, class_indices
 from wkd_lightning.losses.base import DistillationContext, DistillationLoss, float32
+from wkd_lightning.losses.checks import check_logits, check_number, class_indices
 from wkd_lightning.losses.schedule import LinearWarmup, WeightSchedule
 
 

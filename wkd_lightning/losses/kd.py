@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.checks import check_logits, check_number
 from wkd_lightning.losses.base import DistillationContext, DistillationLoss, float32
+from wkd_lightning.losses.checks import check_logits, check_number
 from wkd_lightning.losses.schedule import WeightSchedule
 
 

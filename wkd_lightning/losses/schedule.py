@@ -4,7 +4,36 @@ from __future__ import annotations
 
 import math
 
-from wkd_lightning.schedules import epoch_of
+
+def epoch_of(value: float, max_epochs: int | None, what: str) -> int:
+    """An epoch given as a fraction of the run or pinned: a fraction ``0 < value < 1`` is ``round(value · max_epochs)``;
+    a whole number (``0``, ``150``, ``150.0``) is that epoch, whatever the run length.
+
+    Args:
+        value: the fraction or the epoch.
+        max_epochs: the run length (``trainer.max_epochs``).
+        what: the setting, for messages (``"MultiStepLR: milestone"``).
+
+    Raises:
+        ValueError: a fraction without a run length, or a value that is neither a fraction in (0, 1) nor an epoch.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} {value!r} is neither a fraction of the run in (0, 1) nor an epoch (an integer >= 0).")
+    if isinstance(value, int) or (value.is_integer() and value >= 0):
+        if value < 0:
+            raise ValueError(f"{what} {value!r} is negative: give an epoch (an integer >= 0) or a fraction in (0, 1).")
+        return int(value)
+    if 0 < value < 1:
+        if not max_epochs or max_epochs < 0:
+            raise ValueError(
+                f"{what} {value} is a fraction of the run, but the run length is unknown (max_epochs {max_epochs}): "
+                "set trainer.max_epochs (the wkd CLI resolves fractions against it), or give it in epochs."
+            )
+        return round(value * max_epochs)
+    raise ValueError(
+        f"{what} {value!r} is neither a fraction of the run in (0, 1) nor an epoch (an integer >= 0): e.g. 0.625 of "
+        "240 epochs is epoch 150."
+    )
 
 
 class WeightSchedule:
@@ -27,9 +56,9 @@ class Constant(WeightSchedule):
 class CosineDecay(WeightSchedule):
     """WKD's schedule: ``c(e) = 1`` for ``e ≤ E0``, else ``½(1 + cos(π (e − E0)/(E − E0)))``.
 
-    ``E0`` follows the run length unless pinned (the rule of :func:`wkd_lightning.schedules.epoch_of`, as for the LR
-    milestones): a fraction ``0 < start_epoch < 1`` is ``round(start_epoch · E)`` (``0.625``: epoch 150 of 240, the
-    CIFAR-100 release; epoch 18 of a 30-epoch run); a whole number is that epoch in any run (``0``: decay from the
+    ``E0`` follows the run length unless pinned (the rule of :func:`epoch_of`, as for the LR milestones): a fraction
+    ``0 < start_epoch < 1`` is ``round(start_epoch · E)`` (``0.625``: epoch 150 of 240, the CIFAR-100 release; epoch 18
+    of a 30-epoch run); a whole number is that epoch in any run (``0``: decay from the
     first epoch, the ImageNet configs; ``150``: pinned). The ``wkd`` CLI writes the resolved epoch into the config
     (``--print_config`` shows it); in Python a fraction is resolved against the ``max_epochs`` of each call.
 
@@ -37,7 +66,7 @@ class CosineDecay(WeightSchedule):
         start_epoch: ``E0``, the last epoch at full weight, as a fraction of the run or an epoch.
     """
 
-    #: Arguments that the CLI resolves against ``trainer.max_epochs`` (:func:`~wkd_lightning.schedules.epoch_of`).
+    #: Arguments that the CLI resolves against ``trainer.max_epochs`` (:func:`~wkd_lightning.losses.schedule.epoch_of`).
     run_length_args = ("start_epoch",)
 
     def __init__(self, start_epoch: int | float = 0) -> None:

@@ -37,7 +37,8 @@ import math
 import torch
 from torch import Tensor
 
-from wkd_lightning.checks import MAX_STABLE_COST_OVER_EPS, check_integer, check_number, check_stable_range
+from wkd_lightning.losses.checks import check_integer, check_number
+from wkd_lightning.losses.cost_checks import MAX_STABLE_COST_OVER_EPS, check_stable_range
 
 __all__ = [
     "MAX_STABLE_COST_OVER_EPS",

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from wkd_lightning.checks import check_feature_maps, check_grid_cells, check_integer, check_number
 from wkd_lightning.losses.base import DistillationContext, float32
+from wkd_lightning.losses.checks import check_feature_maps, check_grid_cells, check_integer, check_number
 from wkd_lightning.losses.projectors import ProjectedFeatureLoss
 from wkd_lightning.losses.schedule import WeightSchedule
 
@@ -241,7 +241,7 @@ class WKDFeature(ProjectedFeatureLoss):
         """The projector (see :meth:`ProjectedFeatureLoss.build`), once the grid is known to fit the teacher's map.
 
         Raises:
-            ValueError: the grid leaves single-pixel cells (:func:`~wkd_lightning.checks.check_grid_cells`).
+            ValueError: the grid leaves single-pixel cells (:func:`~wkd_lightning.losses.checks.check_grid_cells`).
         """
         if self.teacher_path in teacher_features:
             owner = f"{type(self).__name__} (teacher_path {self.teacher_path!r})"

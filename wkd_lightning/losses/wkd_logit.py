@@ -21,18 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wkd_lightning.checks import (
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss
+from wkd_lightning.losses.checks import (
     assert_on_device,
-    check_cost,
-    check_cost_meaning,
-    check_cost_size,
     check_logits,
     check_number,
     check_wkd_logit_hparams,
     class_indices,
     values_checked,
 )
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss
 from wkd_lightning.losses.cost import (  # noqa: F401 -- re-exported: the cost helpers used to live here
     COST_FLOOR,
     compute_dtype,
@@ -42,6 +39,7 @@ from wkd_lightning.losses.cost import (  # noqa: F401 -- re-exported: the cost h
     sharpen_cost,
     uniform_cost,
 )
+from wkd_lightning.losses.cost_checks import check_cost, check_cost_meaning, check_cost_size
 from wkd_lightning.losses.schedule import WeightSchedule
 from wkd_lightning.losses.sinkhorn import (
     check_stable_range,
@@ -70,8 +68,8 @@ def wkd_logit_loss(
     unsharpened costs above ≈ 4.4 at ``ε = 0.05``) the Sinkhorn iterations switch automatically to the fp64
     log-scaled form of :func:`~wkd_lightning.losses.sinkhorn.sinkhorn_cost_stable`, which computes the same value.
     Deciding that reads the cost (one host synchronisation); where values are not read (under ``torch.compile`` or
-    :func:`~wkd_lightning.checks.deferred_checks`) the plain form is used and a device-side assert stops a cost that
-    would need the other one: pass ``stable`` to choose.
+    :func:`~wkd_lightning.losses.checks.deferred_checks`) the plain form is used and a device-side assert stops a cost
+    that would need the other one: pass ``stable`` to choose.
 
     Args:
         student_logits: ``z_s``, B×C.

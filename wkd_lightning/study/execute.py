@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wkd_lightning.run.summary import read_summary
 from wkd_lightning.study.plan import (
     Task,
     all_tasks,
@@ -34,7 +35,6 @@ from wkd_lightning.study.plan import (
     write_task_record,
 )
 from wkd_lightning.study.spec import StudySpec
-from wkd_lightning.summary import read_summary
 
 TAIL_LINES = 20
 #: Seconds the running tasks get to stop by themselves after Ctrl-C before they are sent SIGTERM (see stop_running).

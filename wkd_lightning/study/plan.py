@@ -27,9 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from wkd_lightning.files import write_text_atomically
+from wkd_lightning.run.files import write_text_atomically
+from wkd_lightning.run.summary import can_resume, is_complete
 from wkd_lightning.study.spec import COMMANDS, Entry, StudySpec, merge_configs, set_path, substitute
-from wkd_lightning.summary import can_resume, is_complete
 
 INPUT_FILE = "study.input.yaml"
 TASK_FILE = "study_task.json"

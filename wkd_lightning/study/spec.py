@@ -56,7 +56,7 @@ from pathlib import Path
 import yaml
 
 #: The commands a study can run: name -> (Python module run with ``python -m``, arguments before the user's).
-#: One place to change when the commands move; tests/test_study.py checks it against pyproject.toml's scripts.
+#: One place to change when the commands move; tests/study/test_study.py checks it against pyproject.toml's scripts.
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wkd fit": ("wkd_lightning.commands.wkd", ("fit",)),
     "wkd-ban": ("wkd_lightning.commands.ban", ()),

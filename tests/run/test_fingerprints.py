@@ -15,9 +15,9 @@ from test_teacher import _zero_bytes_inside_largest_member
 
 from wkd_lightning import DistillationModule, fingerprints
 from wkd_lightning.detection import DetectionDistillationModule
-from wkd_lightning.fingerprints import FINGERPRINT_KEY
 from wkd_lightning.losses import KD, WKDLogit
 from wkd_lightning.models import mini_resnet8, mini_resnet14
+from wkd_lightning.run.fingerprints import FINGERPRINT_KEY
 
 
 def sha256(path) -> str:  # the oracle: hashlib on the whole file at once

@@ -27,7 +27,7 @@ from wkd_lightning.study import slurm, stats
 from wkd_lightning.study.plan import read_task_record
 from wkd_lightning.study.spec import COMMANDS, StudyFileError, load_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FASHION = ROOT / "configs" / "studies" / "fashion_mnist.yaml"
 CIFAR = ROOT / "configs" / "studies" / "cifar100.yaml"
 BAN_BUDGET = ROOT / "configs" / "studies" / "fashion_mnist_ban_budget.yaml"
@@ -286,8 +286,8 @@ def test_read_val_curve_keeps_one_value_per_epoch(tmp_path):
 
 @pytest.fixture
 def fake_commands(monkeypatch):
-    """Every command of a study runs tests/study_fake_command.py instead (a fraction of a second each)."""
-    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    """Every command of a study runs tests/study/study_fake_command.py instead (a fraction of a second each)."""
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests' / 'study'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     for name, (_, head) in list(COMMANDS.items()):
         monkeypatch.setitem(plan_module.COMMANDS, name, ("study_fake_command", head))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import QUIET, ROOT, localised_config
+from tests.commands.test_cli import QUIET, ROOT, localised_config
 from wkd_lightning.commands.wkd import make_cli
 
 SOURCES = sorted(p for folder in ("wkd_lightning", "benchmarks", "scripts") for p in (ROOT / folder).rglob("*.py"))

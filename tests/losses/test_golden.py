@@ -7,7 +7,7 @@ built through the real ``wkd`` parser (``make_cli([..., "-c", CONFIG], run=False
 ``input_size``: 1×28×28 Fashion-MNIST, 3×32×32 CIFAR-100, 3×224×224 ImageNet; random labels over all of its classes,
 1000 for ImageNet) at the first epoch and at epoch ``round(0.8·E)`` of the config's ``E`` (12 of 15, 192 of 240, 80
 of 100), so the weight schedules show. Every term the step logs (``ce`` and each plug-in's ``<name>/<term>``) is
-compared with ``tests/golden/loss_values.json`` at ``rtol=1e-4``. Configs without distillation losses check the
+compared with ``tests/losses/golden/loss_values.json`` at ``rtol=1e-4``. Configs without distillation losses check the
 cross-entropy alone. The CIFAR-100 and ImageNet values were checked to move by less than 1e-5 relative when the
 convolutions run without oneDNN or on two threads, so the tolerance should also cover other CPUs.
 
@@ -28,7 +28,7 @@ the same in every process.
 When a change of the values is intended (a loss definition, an architecture, a config's hyper-parameters), rewrite
 the file on purpose and review the diff::
 
-    WKD_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/test_golden_losses.py
+    WKD_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/losses/test_golden.py
 
 In that mode the tests rewrite their entries (and drop entries of deleted configs) and are reported as skipped.
 """
@@ -51,11 +51,11 @@ from torch import nn
 from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.losses.base import keyed_loss_configs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 GOLDEN_FILE = Path(__file__).resolve().parent / "golden" / "loss_values.json"
 REGENERATE = os.environ.get("WKD_REGENERATE_GOLDEN", "") not in ("", "0")
-REGENERATE_HINT = "WKD_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/test_golden_losses.py"
+REGENERATE_HINT = "WKD_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/losses/test_golden.py"
 
 RTOL, ATOL = 1e-4, 1e-7
 BATCH = 8
@@ -227,7 +227,7 @@ def _write_golden(golden: dict) -> None:
     golden = {"about": None, "setup": None, **golden}
     golden["about"] = (
         "Loss terms of one DistillationModule.training_step per shipped config on fixed inputs; written by "
-        f"tests/test_golden_losses.py. Regenerate on purpose only: {REGENERATE_HINT}"
+        f"tests/losses/test_golden.py. Regenerate on purpose only: {REGENERATE_HINT}"
     )
     golden["setup"] = {
         "batch": BATCH,

@@ -32,8 +32,8 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from wkd_lightning.distributed import explain_collective_failure
-from wkd_lightning.healthy import divergence_advice, non_finite_tensors
+from wkd_lightning.run.distributed import explain_collective_failure
+from wkd_lightning.run.watch import divergence_advice, non_finite_tensors
 
 INTERRUPTED_NAME = "last-interrupted.ckpt"
 #: The signals that stop a fit: a scheduler's SIGTERM and a terminal's Ctrl-C.

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tests.test_cli import QUIET, ROOT, localised_config
+from tests.commands.test_cli import QUIET, ROOT, localised_config
 from wkd_lightning.commands.wkd import make_cli
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from wkd_lightning.summary import format_table, main, result_line
+from wkd_lightning.commands.summary import format_table, main
+from wkd_lightning.run.summary import result_line
 
 
 def write(run_dir, **summary):

@@ -84,7 +84,7 @@ class TeacherShardedFSDP(FSDPStrategy):
     holds no optimizer state (it has no trainable parameter, and no flat parameter mixes it with one), and, as with
     every strategy, :class:`~wkd_lightning.DistillationModule` leaves it out of every checkpoint.
 
-    Use it by class path: ``--trainer.strategy wkd_lightning.distributed.TeacherShardedFSDP`` (GPUs only; see the
+    Use it by class path: ``--trainer.strategy wkd_lightning.run.distributed.TeacherShardedFSDP`` (GPUs only; see the
     README's multi-GPU section).
 
     Args:

@@ -14,10 +14,10 @@ import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tests.test_cli import QUIET, ROOT, localised_config
+from tests.commands.test_cli import QUIET, ROOT, localised_config
 from wkd_lightning.commands import wkd as cli_module
 from wkd_lightning.commands.wkd import make_cli
-from wkd_lightning.interruption import INTERRUPTED_NAME
+from wkd_lightning.run.interruption import INTERRUPTED_NAME
 
 
 class StopAtStep(L.Callback):
@@ -60,7 +60,7 @@ def test_interrupted_fit_leaves_a_checkpoint_that_resumes(how, tmp_path, fashion
 
 def test_new_fit_in_a_folder_with_only_a_metrics_log_keeps_the_old_metrics(tmp_path, fashion_dir):
     """A folder with a metrics.csv but no checkpoint nor summary (a fit stopped in its first epoch) may be fitted
-    into again; the old log is moved aside. (A folder with checkpoints is refused: tests/test_cli_runs.py.)"""
+    into again; the old log is moved aside. (A folder with checkpoints is refused: tests/commands/test_cli_runs.py.)"""
     path = localised_config(ROOT / "configs/fashion_mnist/vanilla.yaml", tmp_path, fashion_dir)
     args = ["fit", "-c", str(path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", *QUIET]
     make_cli(args)

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from wkd_lightning.summary import SUMMARY_FILE
+from wkd_lightning.run.summary import SUMMARY_FILE
 
 #: The subcommands that evaluate a run and write beside it.
 EVALUATION_COMMANDS = ("validate", "test", "predict")

@@ -16,13 +16,13 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
+from tests.commands.test_cli_runs import assert_one_message
 from tests.distributed.launch import QUIET, run, run_ok
-from tests.test_cli_runs import assert_one_message
 from wkd_lightning.data import ClassificationDataModule
 from wkd_lightning.data.fashion_mnist import CLASS_NAMES
 from wkd_lightning.models import mini_resnet14
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs/fashion_mnist"
 SMALL = ["--data.num_workers=0", "--data.batch_size=16", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
          "--trainer.limit_val_batches=1", *QUIET]  # fmt: skip
@@ -105,7 +105,7 @@ def test_fit_logs_terms_weights_lr_and_the_teachers_accuracy_measured_once(tmp_p
 
 
 def test_a_custom_data_module_over_a_tensor_dataset_trains_and_nan_pixels_are_named(tmp_path):
-    data = {"class_path": "tests.test_cli_checks.TensorData", "init_args": {"batch_size": 32}}
+    data = {"class_path": "tests.commands.test_cli_checks.TensorData", "init_args": {"batch_size": 32}}
     config = config_with(tmp_path, "vanilla", data=data)
     args = ["wkd", "fit", "-c", str(config), *SMALL[2:]]
     finished = run_ok([*args, f"--trainer.default_root_dir={tmp_path / 'run'}"], tmp_path / "fit.log")

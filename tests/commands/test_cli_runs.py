@@ -13,7 +13,7 @@ import yaml
 
 from tests.distributed.launch import QUIET, run, run_ok
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VANILLA = str(ROOT / "configs/fashion_mnist/vanilla.yaml")
 
 

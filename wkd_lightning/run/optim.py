@@ -17,44 +17,31 @@ unresolved LR value is an error that says so, a loss schedule resolves a fractio
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
+
+from wkd_lightning.losses.base import loss_class
+from wkd_lightning.losses.schedule import epoch_of
 
 #: The value of ``T_max`` that means "the run's ``trainer.max_epochs``".
 RUN_LENGTH = "max_epochs"
 
 
-def epoch_of(value: float, max_epochs: int | None, what: str) -> int:
-    """An epoch given as a fraction of the run or pinned: a fraction ``0 < value < 1`` is ``round(value · max_epochs)``;
-    a whole number (``0``, ``150``, ``150.0``) is that epoch, whatever the run length.
+class PaperSGD(torch.optim.SGD):
+    """The CIFAR-100 recipe of the WKD release (SPEC §5): Nesterov SGD, weight decay on every learnable parameter."""
 
-    Args:
-        value: the fraction or the epoch.
-        max_epochs: the run length (``trainer.max_epochs``).
-        what: the setting, for messages (``"MultiStepLR: milestone"``).
-
-    Raises:
-        ValueError: a fraction without a run length, or a value that is neither a fraction in (0, 1) nor an epoch.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} {value!r} is neither a fraction of the run in (0, 1) nor an epoch (an integer >= 0).")
-    if isinstance(value, int) or (value.is_integer() and value >= 0):
-        if value < 0:
-            raise ValueError(f"{what} {value!r} is negative: give an epoch (an integer >= 0) or a fraction in (0, 1).")
-        return int(value)
-    if 0 < value < 1:
-        if not max_epochs or max_epochs < 0:
-            raise ValueError(
-                f"{what} {value} is a fraction of the run, but the run length is unknown (max_epochs {max_epochs}): "
-                "set trainer.max_epochs (the wkd CLI resolves fractions against it), or give it in epochs."
-            )
-        return round(value * max_epochs)
-    raise ValueError(
-        f"{what} {value!r} is neither a fraction of the run in (0, 1) nor an epoch (an integer >= 0): e.g. 0.625 of "
-        "240 epochs is epoch 150."
-    )
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        nesterov: bool = True,
+    ) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 def milestone_epochs(milestones: Sequence[float], max_epochs: int | None) -> list[int]:
@@ -140,8 +127,6 @@ def resolve_loss_schedules(losses: Mapping | Sequence | None, max_epochs: int | 
     """Write the epochs of the loss-weight schedules of a config's ``model.losses`` (a mapping or a list of loss
     specs) into their ``init_args``: every argument a schedule class lists in its ``run_length_args`` (CosineDecay's
     ``start_epoch``) is resolved with :func:`epoch_of`. Schedules of other classes are left alone."""
-    from wkd_lightning.losses.base import loss_class
-
     entries = losses.values() if isinstance(losses, Mapping) else losses or []
     for loss in entries:
         init_args = loss.get("init_args") if hasattr(loss, "get") else None

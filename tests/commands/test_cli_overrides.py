@@ -12,11 +12,11 @@ import yaml
 
 from tests.distributed.launch import QUIET, run, run_ok
 from wkd_lightning.commands.wkd import one_batch_limits
-from wkd_lightning.config_layers import keyed_losses_argv, merged_losses
 from wkd_lightning.losses import KD, WKDLogit
 from wkd_lightning.losses.base import keyed_loss_configs, loss_plugins
+from wkd_lightning.run.config_layers import keyed_losses_argv, merged_losses
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WKD_LF = str(ROOT / "configs/fashion_mnist/wkd_lf.yaml")
 VANILLA = str(ROOT / "configs/fashion_mnist/vanilla.yaml")
 CIFAR_WKD_LF = str(ROOT / "configs/cifar100/wkd_lf/resnet32x4_resnet8x4.yaml")

@@ -8,11 +8,11 @@ in the first epoch's row (a resumed fit prints them but does not log them again)
 
 **Cached per teacher file.** The value depends only on the teacher's weights and on the validation data, so it is kept
 in a small JSON file beside the weights, ``<teacher file>.val_accuracy.json``, keyed by the weights' SHA-256 (the
-fingerprint every checkpoint stores, :mod:`wkd_lightning.fingerprints`) and by a description of the validation data
+fingerprint every checkpoint stores, :mod:`wkd_lightning.run.fingerprints`) and by a description of the validation data
 (the data module's class and settings; the batch limit, batch size and process count when a limit is set). Beside the
 weights rather than in the run directory: every student distilled from that teacher, and every resume, reads the same
 file and measures nothing. Where the teacher's folder cannot be written (a read-only model store), the file goes to
-the run directory instead, which still spares a resume. It is written atomically (:mod:`wkd_lightning.files`); a
+the run directory instead, which still spares a resume. It is written atomically (:mod:`wkd_lightning.run.files`); a
 teacher file replaced in place has another SHA-256, and its old entries are dropped.
 
 **DDP.** Rank 0 reads the cache and broadcasts what it found, so every rank takes the same branch (no collective
@@ -34,7 +34,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from wkd_lightning.files import write_text_atomically
+from wkd_lightning.run.files import write_text_atomically
 
 #: Appended to the teacher weights' file name for the cache beside it.
 CACHE_SUFFIX = ".val_accuracy.json"

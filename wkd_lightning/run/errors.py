@@ -97,7 +97,7 @@ def run_command(body: Callable[[], object], name: str | None = None) -> None:
     * A run stopped by SIGTERM exits with status 143 (128 + 15, the shell convention; Ctrl-C: 130), not Lightning's
       0, so that job schedulers and scripts can tell an interrupted run from a finished one.
     * A collective that failed because another rank died or hung ends with one message that says so
-      (:func:`~wkd_lightning.distributed.explain_collective_failure`).
+      (:func:`~wkd_lightning.run.distributed.explain_collective_failure`).
     * A finished run destroys its process group before the interpreter exits.
 
     Args:
@@ -108,7 +108,7 @@ def run_command(body: Callable[[], object], name: str | None = None) -> None:
     # Imported here: this module is imported by light commands too, and these pull in Lightning and torch.distributed.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from wkd_lightning.distributed import end_process_group, explain_collective_failure
+    from wkd_lightning.run.distributed import end_process_group, explain_collective_failure
 
     with user_errors_as_messages(name):
         try:

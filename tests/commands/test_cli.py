@@ -15,7 +15,7 @@ from wkd_lightning.commands.wkd import make_cli
 from wkd_lightning.data.fashion_mnist import DEFAULT_DIR
 from wkd_lightning.losses.base import keyed_loss_configs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 EXPERIMENT_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 # `wkd fit` configs; the detection configs (`wkd-det`) are run by tests/detection/test_detection.py.

@@ -1,5 +1,5 @@
-"""Schedules that follow the run length (wkd_lightning.schedules, CosineDecay); the CLI side is in
-tests/test_cli_runs.py and tests/test_cli_overrides.py."""
+"""Schedules that follow the run length (wkd_lightning.run.optim, CosineDecay); the CLI side is in
+tests/commands/test_cli_runs.py and tests/commands/test_cli_overrides.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from wkd_lightning.losses import CosineDecay
-from wkd_lightning.schedules import (
+from wkd_lightning.losses.schedule import epoch_of
+from wkd_lightning.run.optim import (
     CosineAnnealingLR,
     MultiStepLR,
-    epoch_of,
     milestone_epochs,
     resolve_loss_schedules,
     resolve_lr_scheduler,
@@ -24,8 +24,8 @@ def test_fractions_become_the_release_epochs_at_the_default_run_length():
 
 
 def test_resolved_config_builds_torch_schedules_with_those_epochs():
-    cosine = {"class_path": "wkd_lightning.schedules.CosineAnnealingLR", "init_args": {"T_max": "max_epochs"}}
-    steps = {"class_path": "wkd_lightning.schedules.MultiStepLR", "init_args": {"milestones": [0.5, 0.75]}}
+    cosine = {"class_path": "wkd_lightning.run.optim.CosineAnnealingLR", "init_args": {"T_max": "max_epochs"}}
+    steps = {"class_path": "wkd_lightning.run.optim.MultiStepLR", "init_args": {"milestones": [0.5, 0.75]}}
     resolve_lr_scheduler(cosine, 30)
     resolve_lr_scheduler(steps, 8)
     assert cosine["init_args"]["T_max"] == 30 and steps["init_args"]["milestones"] == [4, 6]

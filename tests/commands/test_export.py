@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
+from tests.commands.test_cli_runs import VANILLA, fit_args
 from tests.conftest import write_fashion_mnist
 from tests.distributed.launch import QUIET, run, run_ok
-from tests.test_cli_runs import VANILLA, fit_args
 from wkd_lightning import DistillationModule, FashionMNISTDataModule
 from wkd_lightning.models import mini_resnet8, mini_resnet14
 

@@ -2,7 +2,7 @@
 
 ``wkd predict -c CONFIG --ckpt_path RUN/checkpoints/best.ckpt`` reads the data module's ``predict_dataloader`` (the
 test split, in order, for the project's data modules) and writes ``predictions.csv`` into its evaluation folder
-(``RUN/predict/<time stamp>/``, :mod:`wkd_lightning.rundirs`), one row per sample in dataset order::
+(``RUN/predict/<time stamp>/``, :mod:`wkd_lightning.run.rundirs`), one row per sample in dataset order::
 
     index,label,label_name,top1,top1_name,top1_prob,...,top5,top5_name,top5_prob
     0,9,Ankle boot,9,Ankle boot,0.8123,7,Sneaker,0.0912,...
@@ -26,8 +26,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from wkd_lightning.distributed import say
-from wkd_lightning.files import write_text_atomically
+from wkd_lightning.run.distributed import say
+from wkd_lightning.run.files import write_text_atomically
 
 PREDICTIONS_FILE = "predictions.csv"
 

@@ -1,4 +1,4 @@
-"""A stand-in for ``wkd fit``/``wkd-ban``/``wkd-ir`` in the execution tests of ``wkd-study`` (tests/test_study.py):
+"""A stand-in for ``wkd fit``/``wkd-ban``/``wkd-ir`` in the execution tests of ``wkd-study`` (test_study.py beside it):
 started as ``python -m study_fake_command ...`` it leaves what the real command would (``summary.json``, a checkpoint,
 ``metrics.csv``; for ``wkd-ir`` a ``.pt`` file) in a fraction of a second.
 

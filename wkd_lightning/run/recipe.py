@@ -2,7 +2,7 @@
 checkpoint and compared when a fit resumes, so that a resume with other losses, temperatures or weights does not
 continue a run as if one recipe had held throughout.
 
-Input *files* (teacher weights, WKD-L costs) are judged by their contents in :mod:`wkd_lightning.fingerprints`; here
+Input *files* (teacher weights, WKD-L costs) are judged by their contents in :mod:`wkd_lightning.run.fingerprints`; here
 a string naming an existing file counts as "a file", whatever its path, so moving a file is not a change of recipe.
 The optimizer and LR schedule are not part of the recipe: a resume may extend a run (``--trainer.max_epochs``), and
 the schedule follows the run length. ``--allow_changed_recipe true`` resumes anyway, with a warning.
