@@ -45,3 +45,16 @@ def test_result_line_names_best_and_last_top1_and_top5():
     assert result_line({"metric": "val/map", "best_val_map": 0.3, "last_val_map": 0.25, "epochs": 2}) == (
         "best mAP 30.00 %, last mAP 25.00 % (2 epochs)"
     )
+
+
+def test_wkd_summary_prints_the_table_and_a_missing_run_is_one_line(tmp_path):
+    """The quickstart's last step, as shipped: ``wkd summary RUN_DIR...`` in a subprocess."""
+    from tests.distributed.launch import run, run_ok
+
+    kd = write(tmp_path / "kd", metric="val/top1", best_val_top1=0.8512, last_val_top1=0.85, losses=["KD"])
+    done = run_ok(["wkd", "summary", str(kd)], tmp_path / "summary.log", timeout=120)
+    assert "| kd | KD | 3 | 85.12 | 85.00 | – | – |" in done.output
+    missing = run(["wkd", "summary", str(tmp_path / "nowhere")], tmp_path / "missing.log", timeout=120)
+    assert missing.returncode == 1
+    assert "Traceback" not in missing.output
+    assert "nowhere" in missing.output

@@ -1,6 +1,6 @@
 """Run summaries: each fit writes ``summary.json`` (best and last value of the monitored validation metric: top-1 for
-classifiers, box mAP for detectors) to its run directory, and ``python -m wkd_lightning.run.summary RUN_DIR...`` prints
-them side by side as a Markdown table."""
+classifiers, box mAP for detectors) to its run directory; ``wkd summary RUN_DIR...``
+(:mod:`wkd_lightning.commands.summary`) prints them side by side as a Markdown table."""
 
 from __future__ import annotations
 
