@@ -49,4 +49,5 @@ def test_api_reference_names_every_module() -> None:
         if line.startswith("::: ")
     }
     missing = sorted(modules - referenced)
-    assert not missing, f"modules without a '::: module' line in docs/api/*.md (add each to its package's page): {missing}"
+    hint = "modules without a '::: module' line in docs/api/*.md (add each to its package's page)"
+    assert not missing, f"{hint}: {missing}"
