@@ -15,7 +15,7 @@ import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,21 @@ class DistillationContext:
     def hard_target(self) -> Tensor:
         """Class indices: the labels themselves, or the argmax of soft (2-D) labels."""
         return self.target.argmax(dim=1) if self.target.ndim == 2 else self.target
+
+    def restricted(self, keep: Tensor) -> DistillationContext | None:
+        """The context limited to the samples where ``keep`` (B bools) is true; ``None`` when there are none."""
+        if bool(keep.all()):
+            return self
+        if not bool(keep.any()):
+            return None
+        return replace(
+            self,
+            student_logits=self.student_logits[keep],
+            teacher_logits=self.teacher_logits[keep],
+            target=self.target[keep],
+            student_features={k: v[keep] for k, v in self.student_features.items()},
+            teacher_features={k: v[keep] for k, v in self.teacher_features.items()},
+        )
 
 
 class DistillationLoss(nn.Module):
