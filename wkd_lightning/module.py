@@ -63,8 +63,8 @@ class DistillationModule(TopKEvaluation, TeacherStudentModule):
             (:class:`~wkd_lightning.selfkd.EMATeacher`, :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`). It
             excludes ``teacher``/``teacher_weights``, is saved in checkpoints under ``online_teacher.``, and may
             rebuild the WKD-L cost at every epoch start (see :mod:`wkd_lightning.selfkd.online`).
-        losses: distillation loss plug-ins by key (``{"wkd_l": WKDLogit(...), "wkd_f": WKDFeature(...)}``); their
-            weighted terms are added to the weighted cross-entropy. The key is the loss's name in logs
+        losses: distillation loss plug-ins by key (``{"wkd_l": WKDLogit(...), "wkd_f": WKDFeature(...)}``); their raw
+            terms, times ``weight · c(e)``, are added to the weighted cross-entropy. The key is the loss's name in logs
             (``train/loss/<key>/...``) and on the command line (``--model.losses.<key>.weight 30``); ``None`` values
             are left out (a config layer's ``<key>: null`` removes a loss). A list also works in Python, each
             plug-in keyed by its class's ``name`` (``wkd_l``, ``wkd_f``, ``kd``, ``dkd``, ``fitnet``). See
