@@ -1,7 +1,9 @@
 """Teacher loading from every supported file format, and its errors."""
 
 import argparse
+import ast
 import datetime
+import inspect
 import re
 import struct
 import subprocess
@@ -14,9 +16,10 @@ import torch
 import torchvision
 from torch import nn
 
+import wkd_lightning.teacher
 from wkd_lightning.checkpoints import read_state_dict
 from wkd_lightning.models import mini_resnet8, mini_resnet14, resnet18
-from wkd_lightning.teacher import FrozenTeacher, load_weights
+from wkd_lightning.teacher import FrozenTeacher, Teacher, load_weights
 
 
 @pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "module"])
@@ -68,6 +71,41 @@ def test_frozen_teacher_ignores_train_mode_and_grad():
     assert not any(p.requires_grad for p in teacher.parameters())
     out = teacher(torch.randn(2, 1, 28, 28, requires_grad=True))
     assert not out.requires_grad
+
+
+def test_frozen_teacher_answers_the_teacher_interface_with_no_ops():
+    """The module drives every teacher alike: for a pretrained one every call but ``targets`` leaves it as it was, and
+    ``targets`` gives the network's logits for every sample."""
+    teacher, student = FrozenTeacher(mini_resnet14()), mini_resnet8()
+    assert isinstance(teacher, Teacher) and teacher.slot == "teacher"
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = torch.randn(3, 1, 28, 28)
+    teacher.attach(student, [])
+    teacher.prepare_state({}, "teacher.")
+    teacher.start(num_samples=3, num_classes=10, world_size=1, device=torch.device("cpu"))
+    teacher.refresh_costs([], student)
+    logits, has_target = teacher.targets(x, torch.arange(3))
+    teacher.observe(torch.arange(3), torch.randn(3, 10))
+    teacher.after_optimizer_step(student)
+    assert has_target is None and not logits.requires_grad
+    assert torch.equal(logits, teacher.model(x))
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_online_teachers_are_teachers_saved_under_their_own_slot():
+    from wkd_lightning.selfkd import EMATeacher, PreviousEpochTeacher
+
+    for online in (EMATeacher(), PreviousEpochTeacher()):
+        assert isinstance(online, Teacher) and online.slot == "online_teacher"
+
+
+def test_teacher_module_does_not_import_selfkd():
+    """``selfkd`` builds on ``teacher``, never the other way round (no import circle, not even for annotations)."""
+    tree = ast.parse(inspect.getsource(wkd_lightning.teacher))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert "wkd_lightning.losses.base" in imported  # the walk sees the module's imports
+    assert not [name for name in imported if name and name.startswith("wkd_lightning.selfkd")]
 
 
 # --------------------------------------------------------------------------- checkpoints users actually have

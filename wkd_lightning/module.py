@@ -1,9 +1,12 @@
 """``DistillationModule``: a trainable student, an optional frozen teacher and pluggable distillation losses.
 
-One training step: batch → student (+ hooks) and frozen teacher (+ hooks) → :class:`DistillationContext` → each
-loss plug-in → ``CE + Σ weighted terms`` → optimizer. Nothing flows back into the teacher. The teacher is a pretrained
+One training step: batch → student (+ hooks) and teacher (+ hooks) → :class:`DistillationContext` → each loss
+plug-in → ``CE + Σ weighted terms`` → optimizer. Nothing flows back into the teacher. The teacher is a pretrained
 network or, for self-KD without one, an online teacher made from the student (:mod:`wkd_lightning.selfkd`);
-:func:`~wkd_lightning.teacher.select_teacher` decides which.
+:func:`~wkd_lightning.teacher.select_teacher` decides which, and both answer one interface
+(:class:`~wkd_lightning.teacher.Teacher`). What every teacher→student module shares (teacher calls, checkpoints
+without the teacher, optimizer, weighted sum, loss watch, logging, best metric) is in
+:class:`~wkd_lightning.base_module.TeacherStudentModule`.
 
 Example:
     >>> from wkd_lightning import DistillationModule
@@ -16,9 +19,7 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections.abc import Sequence, Sized
 from itertools import chain
 from typing import ClassVar
 
@@ -26,35 +27,29 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
-from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.base_module import TeacherStudentModule
+from wkd_lightning.evaluation import TopKEvaluation, unpack_batch
 from wkd_lightning.hooks import FeatureHooks
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins, plugin_terms
+from wkd_lightning.losses.base import DistillationContext, DistillationLoss, Terms, loss_plugins
 from wkd_lightning.losses.checks import check_labels, check_number
 from wkd_lightning.losses.cost_checks import check_costs_fit_data
-from wkd_lightning.run.fingerprints import InputFingerprints
 from wkd_lightning.run.optim import PaperSGD
 from wkd_lightning.run.teacher_accuracy import TeacherAccuracy
-from wkd_lightning.run.watch import NonFiniteWatch, check_input_batch, total_loss
-from wkd_lightning.selfkd.online import OnlineTeacher
-from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
+from wkd_lightning.run.watch import check_input_batch
+from wkd_lightning.teacher import Teacher, select_teacher
 
 #: Arguments that are objects (networks, loss plug-ins, optimizer callables): kept out of the hyperparameters of a
 #: module built in Python (they would be pickled), stored as their config when LightningCLI builds the module.
 INJECTED_ARGUMENTS = ("student", "teacher", "online_teacher", "losses", "optimizer", "lr_scheduler")
-#: An online teacher's state (EMA copy, stored predictions) is saved under this prefix: nothing else can restore it.
-ONLINE_TEACHER_PREFIX = "online_teacher."
 #: Checkpoint entry with the class count and input size that set-up resolved (see ``on_save_checkpoint``).
 SHAPES_KEY = "wkd_shapes"
 # The frozen teacher is in eval mode on purpose; Lightning's generic warning about it would only confuse users.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
-class DistillationModule(InputFingerprints, L.LightningModule):
+class DistillationModule(TopKEvaluation, TeacherStudentModule):
     """Train ``student`` with cross-entropy plus distillation losses from a frozen ``teacher``.
 
     Args:
@@ -68,8 +63,8 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             (:class:`~wkd_lightning.selfkd.EMATeacher`, :class:`~wkd_lightning.selfkd.PreviousEpochTeacher`). It
             excludes ``teacher``/``teacher_weights``, is saved in checkpoints under ``online_teacher.``, and may
             rebuild the WKD-L cost at every epoch start (see :mod:`wkd_lightning.selfkd.online`).
-        losses: distillation loss plug-ins by key (``{"wkd_l": WKDLogit(...), "wkd_f": WKDFeature(...)}``); their
-            weighted terms are added to the weighted cross-entropy. The key is the loss's name in logs
+        losses: distillation loss plug-ins by key (``{"wkd_l": WKDLogit(...), "wkd_f": WKDFeature(...)}``); their raw
+            terms, times ``weight · c(e)``, are added to the weighted cross-entropy. The key is the loss's name in logs
             (``train/loss/<key>/...``) and on the command line (``--model.losses.<key>.weight 30``); ``None`` values
             are left out (a config layer's ``<key>: null`` removes a loss). A list also works in Python, each
             plug-in keyed by its class's ``name`` (``wkd_l``, ``wkd_f``, ``kd``, ``dkd``, ``fitnet``). See
@@ -93,15 +88,16 @@ class DistillationModule(InputFingerprints, L.LightningModule):
     Batches are ``(x, y)`` or ``(x, y, index)`` with each sample's index in its dataset; the index is read by online
     teachers that store per-sample predictions, and names the samples of a batch with NaN/inf pixels.
 
-    Logged in training, all as epoch means: ``train/loss`` (the summed loss ``L``), ``train/loss/<name>/<term>`` (each
-    weighted term as it enters ``L``: ``ce`` and ``<plug-in>/<term>``), ``train/loss/<name>/<term>_raw`` (the term
-    before its weight) and ``train/weight/<name>`` (the weight that epoch: ``ce_weight``, or a plug-in's
-    ``weight · c(e)``), ``train/top1``/``top5``; the progress bar shows the per-step ``loss``. With a pretrained
-    teacher, ``teacher/val_top1``/``top5`` once per fit (:mod:`wkd_lightning.run.teacher_accuracy`).
+    Logged in training, all as epoch means: the loss and its terms (:mod:`wkd_lightning.base_module`; the task term
+    is ``ce``, weighted by ``ce_weight``), ``train/top1``/``top5``. In validation ``val/top1``/``top5`` and
+    ``val/top1_best``. With a pretrained teacher, ``teacher/val_top1``/``top5`` once per fit
+    (:mod:`wkd_lightning.run.teacher_accuracy`).
     """
 
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (higher is better).
     monitor = "val/top1"
+    #: How to configure a teacher, in the error raised when a loss needs one.
+    teacher_hint = "set `teacher` and `teacher_weights`, or an `online_teacher` for self-KD."
     #: Keyword arguments of ``torch.compile`` when ``compile=True`` (e.g. ``{"mode": "max-autotune"}``).
     compile_options: ClassVar[dict] = {}
 
@@ -110,7 +106,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         student: nn.Module,
         teacher: nn.Module | None = None,
         teacher_weights: str | None = None,
-        online_teacher: OnlineTeacher | None = None,
+        online_teacher: Teacher | None = None,
         losses: dict[str, DistillationLoss | None] | None = None,
         optimizer: OptimizerCallable = PaperSGD,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -121,27 +117,16 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         allow_changed_inputs: bool = False,
         compile: bool = False,
     ) -> None:
-        super().__init__()
+        plugins = loss_plugins(losses)
+        # Before the student's hooks exist: an online teacher may copy the student.
+        source = select_teacher(student, teacher, teacher_weights, online_teacher, plugins)
+        super().__init__(student, source, plugins, optimizer, lr_scheduler, self.teacher_hint)
         self.save_hyperparameters(ignore=list(INJECTED_ARGUMENTS))
         if "_instantiator" in self.hparams:
             # Built by LightningCLI: the hyperparameters are the run's config, in which the injected networks, losses
             # and optimizer are plain `class_path`/`init_args` data; stored too, they let `load_from_checkpoint(path)`
             # rebuild the module from the checkpoint alone (through Lightning's trusted CLI instantiator).
             self.save_hyperparameters()
-        self.student = student
-        self.losses = loss_plugins(losses)
-        # Before the student's hooks exist: an online teacher may copy the student.
-        self.teacher, self.online_teacher = select_teacher(
-            student, teacher, teacher_weights, online_teacher, self.losses
-        )
-        needs_teacher = [loss.name for loss in self.losses if loss.requires_teacher]
-        if needs_teacher and self.teacher is None and self.online_teacher is None:
-            raise ValueError(
-                f"losses {needs_teacher} need a teacher, but `teacher` is None: set `teacher` and `teacher_weights`, "
-                "or an `online_teacher` for self-KD."
-            )
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
         self.num_classes = num_classes
         self.input_size = tuple(input_size) if input_size is not None else None
         self.label_smoothing = label_smoothing
@@ -153,16 +138,10 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         if teacher_paths and self.teacher is None:
             raise ValueError(f"losses read teacher features {teacher_paths} but `teacher` is None.")
         self.teacher_hooks = FeatureHooks(self.teacher.model, teacher_paths, owner="teacher") if teacher_paths else None
-        self.uses_teacher = bool(needs_teacher or teacher_paths)
+        self.uses_teacher = bool(teacher_paths) or any(loss.requires_teacher for loss in self.losses)
         self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
-        # Best validation top-1 so far: a buffer, so it is saved in checkpoints and survives a resume.
-        self.register_buffer("val_top1_best", torch.tensor(0.0))
         self._probed = self._prepared = False
         self.compile_models = compile
-        # Inputs are checked on the first training step of each epoch (and of each run); the steps in between only
-        # watch the summed loss on the device (no host synchronisation).
-        self.loss_watch = NonFiniteWatch()
-        self._steps_checked = False
         if num_classes is not None:
             self._make_metrics(num_classes)
 
@@ -188,18 +167,6 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             self._probe()
         if self._probed and not self._prepared:
             self._prepare_models(getattr(datamodule, "channels_last", False))
-
-    def _make_metrics(self, num_classes: int) -> None:
-        top_k = {"top1": 1, "top5": 5} if num_classes > 5 else {"top1": 1}
-        metrics = MetricCollection(
-            {name: MulticlassAccuracy(num_classes, top_k=k, average="micro") for name, k in top_k.items()}
-        )
-        self.train_metrics = metrics.clone(prefix="train/")
-        for metric in self.train_metrics.values():
-            metric.validate_args = False  # its checks read the labels (host syncs); the training step checks them
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        self.val_logit_scale = MeanMetric()
 
     @torch.no_grad()
     def _probe(self) -> None:
@@ -268,41 +235,7 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         (:mod:`wkd_lightning.run.teacher_accuracy`)."""
         return [TeacherAccuracy()] if self.teacher is not None else []
 
-    def configure_optimizers(self):
-        params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    # ------------------------------------------------------------------ online teacher: its calls, in order
-    def on_train_start(self) -> None:
-        if self.online_teacher is not None:
-            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-            self.online_teacher.start(
-                num_samples=len(dataset) if isinstance(dataset, Sized) else None,
-                num_classes=self.num_classes,
-                world_size=self.trainer.world_size,
-                device=self.device,
-            )
-
-    def on_train_epoch_start(self) -> None:
-        # Every epoch, resumed ones included: a cost set at run time is not in the checkpoint.
-        if self.online_teacher is not None:
-            self.online_teacher.refresh_costs(self.losses, self.student)
-        self._steps_checked = False
-
-    def on_train_epoch_end(self) -> None:
-        self.loss_watch.flush()  # one host synchronisation per epoch
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Step the optimizer, then let an online teacher follow the student (the EMA update happens here)."""
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if self.online_teacher is not None:
-            self.online_teacher.after_optimizer_step(self.student)
-
-    # ------------------------------------------------------------------ checkpoints: never a pretrained teacher
+    # ------------------------------------------------------------------ checkpoints: the shapes set-up resolved
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The shapes set-up took from the data module: a module rebuilt from the checkpoint alone
         # (``load_from_checkpoint``) sizes its adapters (projectors) with them before the weights are loaded.
@@ -321,18 +254,6 @@ class DistillationModule(InputFingerprints, L.LightningModule):
             if self.num_classes is not None:
                 self._probe()
 
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        return without_teacher(state, prefix)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        refuse_teacher_entries(state_dict)
-        if self.online_teacher is not None:
-            self.online_teacher.prepare_state(state_dict, ONLINE_TEACHER_PREFIX)
-        if strict:
-            check_checkpoint_fits(self.state_dict(), state_dict)
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
-
     # ------------------------------------------------------------------ steps
     def forward(self, x: Tensor) -> Tensor:
         return self.student(x)
@@ -341,20 +262,13 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         """The step's context, and which samples have teacher logits (``None``: all of them)."""
         student_logits = self.student(x)
         student_features = self.student_hooks.collect()
-        teacher_logits, teacher_features, has_teacher = None, {}, None
-        if self.online_teacher is not None:
-            teacher_logits, has_teacher = self.online_teacher(x, index)
-        elif self.uses_teacher:
-            teacher_logits = self.teacher(x)
-            teacher_features = self.teacher_hooks.collect() if self.teacher_hooks else {}
-        ctx = DistillationContext(
+        teacher_logits, has_teacher = self.teacher_slot.targets(x, index) if self.uses_teacher else (None, None)
+        ctx = self.training_context(
             student_logits=student_logits,
             teacher_logits=teacher_logits,
             target=target,
             student_features=student_features,
-            teacher_features=teacher_features,
-            epoch=self.current_epoch + 1,
-            max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
+            teacher_features=self.teacher_hooks.collect() if self.teacher_hooks else {},
         )
         return ctx, has_teacher
 
@@ -362,116 +276,18 @@ class DistillationModule(InputFingerprints, L.LightningModule):
         x, target, index = unpack_batch(batch)
         ctx, has_teacher = self._context(x, target, index)
         logits = ctx.student_logits
-        checked, self._steps_checked = not self._steps_checked, True
+        checked = self.first_step_of_epoch()
         if checked:
             if target.ndim == 1:
                 check_labels(target, logits.shape[1])
             check_input_batch(x, index, ctx.epoch, batch_idx)  # before the losses blame the student for NaN pixels
-        ce = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
-        terms, unweighted, weights = {"ce": self.ce_weight * ce}, {"ce": ce}, {"ce": self.ce_weight}
-        distill_ctx = ctx if has_teacher is None else restrict_context(ctx, has_teacher)
-        if distill_ctx is not None:  # None: no sample of the batch has a teacher target yet (CE-only step)
-            terms.update(
-                plugin_terms(self.losses, distill_ctx, checked=checked, unweighted=unweighted, weights=weights)
-            )
-        watch = None if checked else self.loss_watch
-        total = total_loss(terms, ctx.epoch, batch_idx, watch=watch, inputs=x, index=index)
-        if self.online_teacher is not None:
-            self.online_teacher.observe(index, logits.detach())
-        batch_size = x.shape[0]
-        self._log_terms(terms, unweighted, weights if checked else None, total, batch_size)
+        terms = Terms()
+        terms.add("ce", F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing), self.ce_weight)
+        # None: no sample of the batch has a teacher target yet (CE-only step)
+        distill_ctx = ctx if has_teacher is None else ctx.restricted(has_teacher)
+        total = self.step_loss(terms, distill_ctx, checked, batch_idx, x.shape[0], inputs=x, index=index)
+        if self.teacher_slot is not None:
+            self.teacher_slot.observe(index, logits.detach())
         self.train_metrics.update(logits.detach(), ctx.hard_target)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return total
-
-    def _log_terms(
-        self,
-        terms: dict[str, Tensor],
-        unweighted: dict[str, Tensor],
-        weights: dict[str, float] | None,
-        total: Tensor,
-        batch_size: int,
-    ) -> None:
-        """Epoch means of the loss and of every term, weighted and not, and the terms' weights (see the class doc).
-
-        Tensors only, accumulated on the device (no host synchronisation); the weights are Python numbers, logged on
-        the first step of each epoch alone (a number becomes a tensor on the device: one host-to-device copy), which
-        is their epoch mean, since they change only from one epoch to the next.
-        """
-        epoch_mean = dict(on_step=False, on_epoch=True, batch_size=batch_size)
-        # The weighted terms first, in one dict of their own: they sum to train/loss.
-        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, **epoch_mean)
-        self.log_dict({f"train/loss/{k}_raw": v.detach() for k, v in unweighted.items()}, **epoch_mean)
-        if weights is not None:
-            self.log_dict({f"train/weight/{k}": float(v) for k, v in weights.items()}, **epoch_mean)
-        self.log("train/loss", total.detach(), **epoch_mean)
-        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=batch_size)  # the bar: per step
-
-    def _evaluate(self, batch: tuple[Tensor, ...], metrics: MetricCollection, stage: str) -> None:
-        x, target, _ = unpack_batch(batch)
-        logits = self.student(x)
-        check_labels(target, logits.shape[1])
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), target), batch_size=x.shape[0], sync_dist=True)
-        metrics.update(logits, target)
-        if stage == "val":
-            self.val_logit_scale.update(logits.detach().float().abs().mean())
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
-        self.log_dict(self.test_metrics, batch_size=batch[0].shape[0])
-
-    def predict_step(self, batch, batch_idx: int) -> Tensor:
-        """The student's class probabilities (softmax in float32), B×C; ``wkd predict`` writes their top-k
-        (:mod:`wkd_lightning.run.predictions`)."""
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.student(x).float().softmax(dim=1)
-
-    def on_validation_epoch_end(self) -> None:
-        # compute() reduces over every DDP rank (each sample counted once: evaluation shards are not padded, see
-        # EpochSampler); sync_dist=True then only tells Lightning the values are global.
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.log_dict(values, prog_bar=True, sync_dist=True)
-        top1 = values["val/top1"]
-        if not self.trainer.sanity_checking:
-            self.val_top1_best = torch.maximum(self.val_top1_best, top1.to(self.val_top1_best))
-            self.log("val/top1_best", self.val_top1_best, sync_dist=True)
-            self._warn_on_collapse(float(top1), float(self.val_logit_scale.compute()))
-        self.val_logit_scale.reset()
-
-    def _warn_on_collapse(self, top1: float, logit_scale: float) -> None:
-        """Warn when the student predicts at chance with near-zero logits (seen with near-constant WKD-L costs)."""
-        if self.num_classes and top1 <= 1.5 / self.num_classes and logit_scale < 0.05:
-            rank_zero_warn(
-                f"the student has collapsed at epoch {self.current_epoch + 1}: validation top-1 {top1:.3f} is at "
-                f"chance and its mean |logit| is {logit_scale:.4f}. With WKD-L this follows a near-constant cost "
-                "matrix (`uniform`, `cka_paired`): use a semantic cost, more Sinkhorn iterations or a smaller γ."
-            )
-
-
-def unpack_batch(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(x, y)`` or ``(x, y, index)`` → ``(x, y, index or None)``; anything else is an error."""
-    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        x, target, *index = batch
-        return x, target, index[0] if index else None
-    size = f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
-    raise ValueError(f"batches must be (x, y) or (x, y, index) tuples, got a {type(batch).__name__}{size}.")
-
-
-def restrict_context(ctx: DistillationContext, keep: Tensor) -> DistillationContext | None:
-    """``ctx`` limited to the samples where ``keep`` (B bools) is true; ``None`` when there are none."""
-    if bool(keep.all()):
-        return ctx
-    if not bool(keep.any()):
-        return None
-    return dataclasses.replace(
-        ctx,
-        student_logits=ctx.student_logits[keep],
-        teacher_logits=ctx.teacher_logits[keep],
-        target=ctx.target[keep],
-        student_features={k: v[keep] for k, v in ctx.student_features.items()},
-        teacher_features={k: v[keep] for k, v in ctx.teacher_features.items()},
-    )

@@ -2,7 +2,8 @@
 
 Where (:func:`select_teacher`): a pretrained network whose weights come from a file (a released teacher, a run of
 this project, or the previous generation of a Born-Again run), an online teacher made from the student itself
-(:mod:`wkd_lightning.selfkd`: an EMA copy, the previous epoch's predictions), or none.
+(:mod:`wkd_lightning.selfkd`: an EMA copy, the previous epoch's predictions), or none. Both kinds answer one
+interface, :class:`Teacher`, so the module drives them alike.
 
 Rules for networks used as teachers (tested): the teacher is in eval mode at all times, even after Lightning switches
 the surrounding module to train mode; it never requires grad and never enters the optimizer; it runs under
@@ -14,26 +15,68 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from wkd_lightning.checkpoints import describe_mismatch, fill_missing_bn_counters, read_state_dict
+from wkd_lightning.losses.base import DistillationLoss
 
-if TYPE_CHECKING:  # for annotations only: wkd_lightning.selfkd itself imports this module
-    from wkd_lightning.losses.base import DistillationLoss
-    from wkd_lightning.selfkd.online import OnlineTeacher
+
+class Teacher(nn.Module):
+    """What a distillation module asks of its teacher, in this order (every call but :meth:`targets` a no-op here):
+
+    1. :meth:`attach` once at construction (build from the student, check the losses can be served);
+    2. :meth:`prepare_state` before a checkpoint's state dict is loaded (to size lazy buffers);
+    3. :meth:`start` at the start of every fit;
+    4. :meth:`refresh_costs` at the start of every training epoch;
+    5. per training step: :meth:`targets` for the teacher logits, :meth:`observe` with the student's logits once the
+       losses are computed, and :meth:`after_optimizer_step` after the optimizer step.
+
+    The module keeps its teacher under the attribute :attr:`slot`; whether the teacher's state goes into the
+    module's checkpoints follows from it (``teacher.`` never does, see :func:`without_teacher`).
+    """
+
+    #: The module attribute holding the teacher, hence the prefix of its state-dict entries.
+    slot: ClassVar[str] = "teacher"
+
+    def attach(self, student: nn.Module, losses: Iterable[DistillationLoss]) -> None:
+        """Build what the teacher needs from ``student`` and check that it can serve ``losses``."""
+
+    def prepare_state(self, state: Mapping[str, Tensor], prefix: str) -> None:
+        """Make the buffers that ``state`` (a module state dict; own keys start with ``prefix``) will be loaded into."""
+
+    def start(self, *, num_samples: int | None, num_classes: int, world_size: int, device: torch.device) -> None:
+        """Check the training set (``num_samples``: its length, if known) at the start of fit."""
+
+    def refresh_costs(self, losses: Iterable[DistillationLoss], student: nn.Module) -> None:
+        """Update the losses' teacher-derived parts (the WKD-L cost) at the start of a training epoch."""
+
+    def targets(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Teacher logits for the batch ``x`` (B×C, no grad) and which samples have one (``None``: all of them).
+
+        Args:
+            x: the inputs of the batch.
+            index: each sample's index in the training set, or ``None`` when the batches carry none.
+        """
+        raise NotImplementedError
+
+    def observe(self, index: Tensor | None, student_logits: Tensor) -> None:
+        """See the student's (detached) logits of the batch after the losses are computed."""
+
+    def after_optimizer_step(self, student: nn.Module) -> None:
+        """Follow the student after each optimizer step."""
 
 
 def select_teacher(
     student: nn.Module,
     teacher: nn.Module | None,
     teacher_weights: str | os.PathLike | None,
-    online_teacher: OnlineTeacher | None,
+    online_teacher: Teacher | None,
     losses: Sequence[DistillationLoss],
-) -> tuple[FrozenTeacher | None, OnlineTeacher | None]:
+) -> Teacher | None:
     """Decide where the soft targets come from: a pretrained network, the student itself, or nowhere.
 
     Args:
@@ -44,7 +87,7 @@ def select_teacher(
         losses: the distillation losses (an online teacher checks it can serve them).
 
     Returns:
-        ``(frozen pretrained teacher, attached online teacher)``; at most one of them is not ``None``.
+        The attached online teacher, the pretrained network as a :class:`FrozenTeacher`, or ``None``.
 
     Raises:
         ValueError: an online teacher together with a pretrained one, weights without an architecture, or losses that
@@ -60,12 +103,12 @@ def select_teacher(
         raise ValueError("teacher_weights was given but no teacher architecture: set `teacher` as well.")
     if online_teacher is not None:
         online_teacher.attach(student, losses)
-        return None, online_teacher
-    return (FrozenTeacher(teacher, teacher_weights) if teacher is not None else None), None
+        return online_teacher
+    return FrozenTeacher(teacher, teacher_weights) if teacher is not None else None
 
 
 #: Where a distillation module keeps its pretrained teacher; checkpoints never hold these entries.
-TEACHER_PREFIX = "teacher."
+TEACHER_PREFIX = Teacher.slot + "."
 
 
 def without_teacher(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
@@ -151,8 +194,10 @@ def missing_teacher_advice(model: nn.Module, path: str | os.PathLike) -> str | N
     return None
 
 
-class FrozenTeacher(nn.Module):
+class FrozenTeacher(Teacher):
     """A teacher network that stays frozen: eval mode always, no grad, no checkpoint entries.
+
+    Called on a batch it is the network (under ``no_grad``); as a :class:`Teacher` it gives every sample a target.
 
     Args:
         model: the teacher network.
@@ -174,3 +219,6 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def targets(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, None]:
+        return self(x), None

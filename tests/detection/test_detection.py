@@ -116,8 +116,9 @@ def test_ce_weight_scales_the_box_classifier_term_only(train_batch):
     logged = []
     for ce_weight in (1.0, 0.25):
         module = DetectionDistillationModule(student=small_detector(), warmup_steps=0, ce_weight=ce_weight)
+        logged.append({})
         module.log = lambda *a, **k: None
-        module.log_dict = lambda values, **k: logged.append({k2: float(v) for k2, v in values.items()})
+        module.log_dict = lambda values, **k: logged[-1].update({k2: float(v) for k2, v in values.items()})
         module.train()
         torch.manual_seed(0)  # torchvision's RPN and RoI samplers draw from the global RNG
         module.training_step(train_batch, 0)
@@ -127,6 +128,27 @@ def test_ce_weight_scales_the_box_classifier_term_only(train_batch):
         assert weighted[f"train/loss/{key}"] == pytest.approx(plain[f"train/loss/{key}"], rel=1e-6)
     with pytest.raises(ValueError, match=r"DetectionDistillationModule: ce_weight must be a finite number >= 0"):
         DetectionDistillationModule(student=small_detector(), ce_weight=-1.0)
+
+
+def test_training_step_logs_every_term_raw_and_weighted(train_batch):
+    """Faster R-CNN's terms and each plug-in's are logged weighted, raw and with their weight; they sum to the loss."""
+    logged = {}
+    module = DetectionDistillationModule(
+        student=small_detector(), teacher=small_detector(seed=1), losses={"kd": KD(weight=0.5)}, ce_weight=0.25,
+        warmup_steps=0,
+    )  # fmt: skip
+    module.log = lambda name, value, **k: logged.__setitem__(name, torch.as_tensor(value).detach())
+    module.log_dict = lambda values, **k: [module.log(name, value) for name, value in values.items()]
+    module.train()
+    total = module.training_step(train_batch, 0)
+    weights = {"rpn_objectness": 1.0, "rpn_box": 1.0, "roi_box": 1.0, "roi_classifier": 0.25, "kd": 0.5}
+    assert {k: float(logged[f"train/weight/{k}"]) for k in weights} == weights
+    terms = ("rpn_objectness", "rpn_box", "roi_box", "roi_classifier", "kd/kl")
+    for term in terms:
+        weight = weights[term.split("/")[0]]
+        assert torch.equal(logged[f"train/loss/{term}"], weight * logged[f"train/loss/{term}_raw"]), term
+    assert torch.equal(logged["train/loss"], total.detach())
+    torch.testing.assert_close(sum(logged[f"train/loss/{term}"] for term in terms), total.detach())
 
 
 def test_module_rejects_what_cannot_work(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wkd_lightning.losses.base import DistillationContext
+from wkd_lightning.losses.base import DistillationContext, plugin_terms
 from wkd_lightning.losses.dkd import DKD, dkd_loss
 from wkd_lightning.losses.fitnet import FitNet, fitnet_loss
 from wkd_lightning.losses.kd import kd_loss
@@ -104,14 +104,16 @@ def test_dkd_plugin_warmup() -> None:
     assert loss.name == "dkd"
     tckd, nckd = dkd_loss(zs, zt, y, 1.0, 8.0, 4.0)
     for epoch, factor in ((1, 1 / 20), (5, 0.25), (20, 1.0), (200, 1.0)):
-        terms = loss(_logit_ctx(zs, zt, y, epoch))
-        assert set(terms) == {"tckd", "nckd"}
-        torch.testing.assert_close(terms["tckd"], factor * tckd)
-        torch.testing.assert_close(terms["nckd"], factor * nckd)
+        raw = loss(_logit_ctx(zs, zt, y, epoch))  # the plug-in's terms, before its weight
+        assert set(raw) == {"tckd", "nckd"}
+        torch.testing.assert_close(raw["tckd"], tckd)
+        terms = plugin_terms([loss], _logit_ctx(zs, zt, y, epoch)).weighted  # as they enter the loss
+        torch.testing.assert_close(terms["dkd/tckd"], factor * tckd)
+        torch.testing.assert_close(terms["dkd/nckd"], factor * nckd)
     # An explicit schedule replaces the warm-up; soft labels use their argmax.
     constant = DKD(weight=2.0, schedule=Constant())
     soft = F.one_hot(y, 10).float() * 0.9 + 0.01
-    torch.testing.assert_close(constant(_logit_ctx(zs, zt, soft, 1))["nckd"], 2.0 * nckd)
+    torch.testing.assert_close(plugin_terms([constant], _logit_ctx(zs, zt, soft, 1)).weighted["dkd/nckd"], 2.0 * nckd)
 
 
 def test_dkd_plugin_needs_teacher() -> None:
@@ -148,9 +150,9 @@ def test_fitnet_plugin() -> None:
     loss.build({"block2": torch.randn(1, 4, 8, 8)}, {"layer3": torch.randn(1, 6, 4, 4)})
     student = torch.randn(2, 4, 8, 8, requires_grad=True)
     teacher = torch.randn(2, 6, 4, 4, requires_grad=True)
-    terms = loss(_feature_ctx(student, teacher))
-    assert set(terms) == {"hint"}
-    torch.testing.assert_close(terms["hint"], 100.0 * F.mse_loss(loss.projector(student), teacher))
-    terms["hint"].backward()
+    assert set(loss(_feature_ctx(student, teacher))) == {"hint"}
+    terms = plugin_terms([loss], _feature_ctx(student, teacher)).weighted
+    torch.testing.assert_close(terms["fitnet/hint"], 100.0 * F.mse_loss(loss.projector(student), teacher))
+    terms["fitnet/hint"].backward()
     assert teacher.grad is None and student.grad.abs().sum() > 0
     assert all(p.grad is not None for p in loss.parameters())

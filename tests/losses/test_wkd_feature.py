@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wkd_lightning.losses.base import DistillationContext
+from wkd_lightning.losses.base import DistillationContext, plugin_terms
 from wkd_lightning.losses.schedule import CosineDecay
 from wkd_lightning.losses.wkd_feature import (
     WKDFeature,
@@ -266,12 +266,12 @@ def test_plugin_forward_and_gradients(covariance: str) -> None:
     assert loss.name == "wkd_f" and loss.student_paths == ("layer3",) and loss.teacher_paths == ("layer4.1",)
     student = torch.randn(4, 6, 8, 8, requires_grad=True)
     teacher = torch.relu(torch.randn(4, 10, 4, 4)).requires_grad_(True)
-    terms = loss(_ctx(student, teacher))
-    assert set(terms) == {"feat"}
+    assert set(loss(_ctx(student, teacher))) == {"feat"}
+    terms = plugin_terms([loss], _ctx(student, teacher)).weighted
     fn = gaussian_wd_loss if covariance == "diagonal" else gaussian_wd_full_cov
     loss_mean, loss_cov = fn(loss.projector(student), teacher, 2)
-    torch.testing.assert_close(terms["feat"], 0.5 * (3.0 * loss_mean + loss_cov))
-    terms["feat"].backward()
+    torch.testing.assert_close(terms["wkd_f/feat"], 0.5 * (3.0 * loss_mean + loss_cov))
+    terms["wkd_f/feat"].backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     assert teacher.grad is None
     for name, param in loss.named_parameters():
@@ -282,10 +282,12 @@ def test_plugin_forward_and_gradients(covariance: str) -> None:
 def test_plugin_schedule() -> None:
     loss = _built(weight=1.0, schedule=CosineDecay(start_epoch=150))
     student, teacher = torch.randn(2, 6, 8, 8), torch.randn(2, 10, 4, 4)
-    full = loss(_ctx(student, teacher, epoch=150, max_epochs=240))["feat"]
-    half = loss(_ctx(student, teacher, epoch=195, max_epochs=240))["feat"]
+    full, half, last = (
+        plugin_terms([loss], _ctx(student, teacher, epoch=e, max_epochs=240)).weighted["wkd_f/feat"]
+        for e in (150, 195, 240)
+    )
     torch.testing.assert_close(half, 0.5 * full)
-    assert loss(_ctx(student, teacher, epoch=240, max_epochs=240))["feat"].item() == pytest.approx(0.0, abs=1e-7)
+    assert last.item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_plugin_bottleneck_projector() -> None:

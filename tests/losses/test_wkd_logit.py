@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from wkd_lightning.losses import WKDLogit, load_cost, sharpen_cost, uniform_cost, wkd_logit_loss
-from wkd_lightning.losses.base import DistillationContext
+from wkd_lightning.losses.base import DistillationContext, plugin_terms
 from wkd_lightning.losses.schedule import CosineDecay
 from wkd_lightning.losses.sinkhorn import (
     MAX_STABLE_COST_OVER_EPS,
@@ -407,15 +407,15 @@ def test_plugin_terms_weight_and_schedule() -> None:
     z_s, z_t, y, g = _inputs(6, 10, seed=91)
     raw = _random_cost(10, g, scale=2.0)
     loss = WKDLogit(cost=raw, weight=30.0, temperature=4.0, kappa=2.0, schedule=CosineDecay(start_epoch=2))
-    out = loss(_ctx(z_s, z_t, y, epoch=3, max_epochs=4))  # c(3) = ½(1 + cos(π/2)) = ½
-    assert set(out) == {"target", "wd"}
+    out = plugin_terms([loss], _ctx(z_s, z_t, y, epoch=3, max_epochs=4)).weighted  # c(3) = ½(1 + cos(π/2)) = ½
+    assert set(out) == {"wkd_l/target", "wkd_l/wd"}
     l_t, w = wkd_logit_loss(z_s, z_t, y, sharpen_cost(raw, 2.0), 4.0)
-    torch.testing.assert_close(out["target"], l_t, rtol=1e-6, atol=0)
-    torch.testing.assert_close(out["wd"], 15.0 * w, rtol=1e-6, atol=0)
-    early = loss(_ctx(z_s, z_t, y, epoch=2, max_epochs=4))
-    torch.testing.assert_close(early["target"], l_t, rtol=1e-6, atol=0)
-    torch.testing.assert_close(early["wd"], 30.0 * w, rtol=1e-6, atol=0)
-    (out["target"] + out["wd"]).backward()
+    torch.testing.assert_close(out["wkd_l/target"], l_t, rtol=1e-6, atol=0)
+    torch.testing.assert_close(out["wkd_l/wd"], 15.0 * w, rtol=1e-6, atol=0)
+    early = plugin_terms([loss], _ctx(z_s, z_t, y, epoch=2, max_epochs=4)).weighted
+    torch.testing.assert_close(early["wkd_l/target"], l_t, rtol=1e-6, atol=0)
+    torch.testing.assert_close(early["wkd_l/wd"], 30.0 * w, rtol=1e-6, atol=0)
+    (out["wkd_l/target"] + out["wkd_l/wd"]).backward()
     assert z_s.grad is not None and torch.isfinite(z_s.grad).all()
 
 
@@ -425,9 +425,7 @@ def test_plugin_uniform_cost_built_on_first_use_and_checked() -> None:
     z_s, z_t, y, _ = _inputs(4, 7, seed=92)
     out = loss(_ctx(z_s, z_t, y))
     assert loss.num_classes == 7
-    torch.testing.assert_close(
-        out["wd"], 30.0 * wkd_logit_loss(z_s, z_t, y, sharpen_cost(uniform_cost(7), 1.0), 2.0)[1]
-    )
+    torch.testing.assert_close(out["wd"], wkd_logit_loss(z_s, z_t, y, sharpen_cost(uniform_cost(7), 1.0), 2.0)[1])
     z_s8, z_t8, y8, _ = _inputs(4, 8, seed=93)
     with pytest.raises(ValueError, match=r"the cost matrix is 7×7 but the logits have C = 8 classes"):
         loss(_ctx(z_s8, z_t8, y8))

@@ -173,10 +173,10 @@ def test_previous_epoch_teacher_distils_only_samples_it_has_seen():
     teacher = PreviousEpochTeacher()
     teacher.start(num_samples=4, num_classes=3, world_size=1, device=torch.device("cpu"))
     index = torch.tensor([0, 2])
-    _, seen = teacher(torch.zeros(2, 1), index)
+    _, seen = teacher.targets(torch.zeros(2, 1), index)
     assert not seen.any()
     teacher.observe(index, torch.ones(2, 3))
-    logits, seen = teacher(torch.zeros(4, 1), torch.arange(4))
+    logits, seen = teacher.targets(torch.zeros(4, 1), torch.arange(4))
     assert seen.tolist() == [True, False, True, False]
     assert torch.equal(logits[0], torch.ones(3)) and torch.equal(logits[1], torch.zeros(3))
 

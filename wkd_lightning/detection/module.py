@@ -7,7 +7,9 @@ the frozen teacher runs its backbone and box head on the same images and RoIs
 targets, RoI features under the names of :data:`~wkd_lightning.detection.roi.ROI_FEATURES`. So the classification
 loss plug-ins apply unchanged: WKD-L on the RoI class logits (its IR cost from ``wkd-ir`` over teacher RoI features),
 WKD-F on RoI-Align features through a projector, KD/DKD on the same logits, FitNet on the same features. The total is
-Faster R-CNN's four terms plus the weighted distillation terms.
+Faster R-CNN's four terms plus the weighted distillation terms; teacher, checkpoints, optimizer, weighted sum, loss
+watch and the logging of every term raw and weighted come from
+:class:`~wkd_lightning.base_module.TeacherStudentModule`.
 
 Validation and test report COCO box mAP (torchmetrics ``MeanAveragePrecision``, pycocotools backend):
 ``val/map`` (AP@[.5:.95]), ``val/map_50``, ``val/map_75``, ``val/map_small|medium|large``, and ``val/map_best``.
@@ -24,22 +26,17 @@ Example:
 
 from __future__ import annotations
 
-from itertools import chain
-
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FasterRCNN
 
-from wkd_lightning.checkpoints import check_checkpoint_fits
+from wkd_lightning.base_module import TeacherStudentModule
 from wkd_lightning.detection.roi import ROI_FEATURES, check_same_transform, student_rois, teacher_rois
-from wkd_lightning.losses.base import DistillationContext, DistillationLoss, loss_plugins, plugin_terms
+from wkd_lightning.losses.base import DistillationLoss, Terms, loss_plugins
 from wkd_lightning.losses.checks import check_number
-from wkd_lightning.run.fingerprints import InputFingerprints
-from wkd_lightning.run.watch import NonFiniteWatch, total_loss
-from wkd_lightning.teacher import refuse_teacher_entries, select_teacher, without_teacher
+from wkd_lightning.teacher import select_teacher
 
 #: The COCO metrics logged, by torchmetrics' key.
 MAP_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
@@ -55,7 +52,7 @@ class DetectionSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-class DetectionDistillationModule(InputFingerprints, L.LightningModule):
+class DetectionDistillationModule(TeacherStudentModule):
     """Train a Faster R-CNN ``student`` with its own losses plus distillation losses from a frozen ``teacher``.
 
     Args:
@@ -77,6 +74,10 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
 
     Batches are ``(images, targets)``: lists of ``3×H×W`` images in [0, 1] and of ``{"boxes", "labels", ...}`` dicts
     (:class:`~wkd_lightning.data.COCODetectionDataModule`).
+
+    Logged in training, as epoch means: the loss and its terms (:mod:`wkd_lightning.base_module`; the task terms are
+    Faster R-CNN's ``rpn_objectness``, ``rpn_box``, ``roi_box`` at weight 1 and ``roi_classifier`` at ``ce_weight``)
+    and ``train/rois``, the RoIs per batch.
     """
 
     #: The validation metric that picks the best checkpoint and fills ``summary.json`` (COCO AP@[.5:.95]).
@@ -94,8 +95,6 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         ce_weight: float = 1.0,
         allow_changed_inputs: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
         for role, model in (("student", student), ("teacher", teacher)):
@@ -104,13 +103,12 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
                     f"the {role} must be a torchvision FasterRCNN (e.g. wkd_lightning.detection.faster_rcnn), got "
                     f"{type(model).__name__}."
                 )
-        self.student = student
-        self.losses = loss_plugins(losses)
-        self._check_feature_names()
-        self.teacher, _ = select_teacher(student, teacher, teacher_weights, None, self.losses)
-        needs_teacher = [loss.name for loss in self.losses if loss.requires_teacher]
-        if needs_teacher and self.teacher is None:
-            raise ValueError(f"losses {needs_teacher} need a teacher: set `teacher` and `teacher_weights`.")
+        plugins = loss_plugins(losses)
+        _check_feature_names(plugins)
+        source = select_teacher(student, teacher, teacher_weights, None, plugins)
+        hint = "set `teacher` and `teacher_weights`."
+        super().__init__(student, source, plugins, optimizer, lr_scheduler, hint, NONFINITE_ADVICE)
+        self.save_hyperparameters(ignore=["student", "teacher", "losses", "optimizer", "lr_scheduler"])
         if self.teacher is not None:
             check_same_transform(self.teacher.model, student)
             student_classes, teacher_classes = self.num_classes, _num_classes(self.teacher.model)
@@ -119,33 +117,18 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
                     f"the teacher predicts {teacher_classes} classes and the student {student_classes}: both must "
                     "have the data's num_classes (background included)."
                 )
-        self.uses_teacher = bool(needs_teacher) or any(loss.teacher_paths for loss in self.losses)
+        self.uses_teacher = any(loss.requires_teacher or loss.teacher_paths for loss in self.losses)
         self.record_input_fingerprints(teacher_weights, self.losses, allow_changed_inputs)
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
         self.warmup_steps = warmup_steps
         self.ce_weight = check_number(ce_weight, "ce_weight", "DetectionDistillationModule")
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
         self.test_map = self.val_map.clone()
-        self.register_buffer("val_map_best", torch.tensor(0.0))
-        # As in classification: the first step of each epoch checks everything, the others watch the loss on device.
-        self.loss_watch = NonFiniteWatch(advice=NONFINITE_ADVICE)
-        self._steps_checked = False
         self._build_losses()
 
     @property
     def num_classes(self) -> int:
         """C of the student's box classifier, background included."""
         return _num_classes(self.student)
-
-    def _check_feature_names(self) -> None:
-        for loss in self.losses:
-            unknown = [p for p in (*loss.student_paths, *loss.teacher_paths) if p not in ROI_FEATURES]
-            if unknown:
-                raise ValueError(
-                    f"{loss.name} reads features {unknown}, but a detector offers only the RoI features "
-                    f"{', '.join(ROI_FEATURES)} (student_path/teacher_path)."
-                )
 
     @torch.no_grad()
     def _build_losses(self) -> None:
@@ -168,8 +151,7 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
             )
 
     def configure_optimizers(self):
-        params = [p for p in chain(self.student.parameters(), self.losses.parameters()) if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.trainable_parameters())
         schedulers = []
         if self.warmup_steps:
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=self.warmup_steps)
@@ -177,23 +159,6 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         if self.lr_scheduler_factory is not None:
             schedulers.append({"scheduler": self.lr_scheduler_factory(optimizer), "interval": "epoch"})
         return [optimizer], schedulers
-
-    # ------------------------------------------------------------------ checkpoints: never the teacher
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        return without_teacher(state, prefix)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        refuse_teacher_entries(state_dict)
-        if strict:
-            check_checkpoint_fits(self.state_dict(), state_dict)
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
-
-    def on_train_epoch_start(self) -> None:
-        self._steps_checked = False
-
-    def on_train_epoch_end(self) -> None:
-        self.loss_watch.flush()
 
     # ------------------------------------------------------------------ steps
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -203,27 +168,22 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, targets = unpack_detection_batch(batch)
         student = student_rois(self.student, images, targets)
-        terms = dict(student.losses)
-        terms["roi_classifier"] = self.ce_weight * terms["roi_classifier"]
-        checked, self._steps_checked = not self._steps_checked, True
+        terms = Terms()
+        for name, value in student.losses.items():  # Faster R-CNN's own terms; its box cross-entropy at ce_weight
+            terms.add(name, value, self.ce_weight if name == "roi_classifier" else 1.0)
+        checked = self.first_step_of_epoch()
+        ctx = None
         if self.losses:
             teacher = teacher_rois(self.teacher.model, student.images, student.proposals) if self.uses_teacher else None
-            ctx = DistillationContext(
+            ctx = self.training_context(
                 student_logits=student.rois.class_logits,
                 teacher_logits=teacher.class_logits if teacher is not None else None,
                 target=student.labels,
                 student_features=student.rois.features,
                 teacher_features=teacher.features if teacher is not None else {},
-                epoch=self.current_epoch + 1,
-                max_epochs=self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1,
             )
-            terms.update(plugin_terms(self.losses, ctx, checked=checked))
-        watch = None if checked else self.loss_watch
-        total = total_loss(terms, self.current_epoch + 1, batch_idx, NONFINITE_ADVICE, watch)
-        batch_size = len(images)
-        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
-        self.log("train/rois", float(len(student.labels)), batch_size=batch_size)
+        total = self.step_loss(terms, ctx, checked, batch_idx, len(images))
+        self.log("train/rois", float(len(student.labels)), batch_size=len(images))
         return total
 
     def _evaluate(self, batch, metric: MeanAveragePrecision) -> None:
@@ -248,13 +208,20 @@ class DetectionDistillationModule(InputFingerprints, L.LightningModule):
         return values["map"]
 
     def on_validation_epoch_end(self) -> None:
-        mean_ap = self._log_map(self.val_map, "val")
-        if not self.trainer.sanity_checking:
-            self.val_map_best = torch.maximum(self.val_map_best, mean_ap.to(self.val_map_best))
-            self.log("val/map_best", self.val_map_best, sync_dist=True)
+        self.log_best(self._log_map(self.val_map, "val"))
 
     def on_test_epoch_end(self) -> None:
         self._log_map(self.test_map, "test")
+
+
+def _check_feature_names(losses: nn.ModuleList) -> None:
+    for loss in losses:
+        unknown = [p for p in (*loss.student_paths, *loss.teacher_paths) if p not in ROI_FEATURES]
+        if unknown:
+            raise ValueError(
+                f"{loss.name} reads features {unknown}, but a detector offers only the RoI features "
+                f"{', '.join(ROI_FEATURES)} (student_path/teacher_path)."
+            )
 
 
 def unpack_detection_batch(batch) -> tuple[list[Tensor], list[dict[str, Tensor]]]:

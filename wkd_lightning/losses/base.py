@@ -1,11 +1,12 @@
-"""The contract between :class:`~wkd_lightning.module.DistillationModule` and its distillation losses.
+"""The contract between a distillation module (:mod:`wkd_lightning.base_module`) and its distillation losses.
 
-Data flows one way: the module runs the student and the frozen teacher on a batch, captures the features that some
-loss asked for, packs everything into one :class:`DistillationContext` and hands it to each loss plug-in. A plug-in
-returns its *weighted* terms by name; the module adds them to the cross-entropy and logs each one under
-``train/loss/<plug-in name>/<term>``, beside the term before its weight (``.../<term>_raw``) and the weight itself
-(``train/weight/<plug-in name>``): :func:`plugin_terms` runs each plug-in with its scheduled weight read as 1 and
-applies the weight itself, so both come from one forward pass.
+Data flows one way: the module runs the student and the teacher on a batch, captures the features that some loss
+asked for, packs everything into one :class:`DistillationContext` and hands it to each loss plug-in. A plug-in
+returns its *raw* terms by name, before any weight: it never reads its own ``weight`` or ``schedule``.
+:func:`plugin_terms` is the one place that applies them, ``w · term`` with ``w = weight · c(e)``, to every term but
+the plug-in's ``unweighted_terms``; the module adds the results to its own task loss and logs each term weighted
+(``train/loss/<plug-in name>/<term>``), raw (``.../<term>_raw``) and the weight itself (``train/weight/<plug-in
+name>``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -50,13 +51,29 @@ class DistillationContext:
         """Class indices: the labels themselves, or the argmax of soft (2-D) labels."""
         return self.target.argmax(dim=1) if self.target.ndim == 2 else self.target
 
+    def restricted(self, keep: Tensor) -> DistillationContext | None:
+        """The context limited to the samples where ``keep`` (B bools) is true; ``None`` when there are none."""
+        if bool(keep.all()):
+            return self
+        if not bool(keep.any()):
+            return None
+        return replace(
+            self,
+            student_logits=self.student_logits[keep],
+            teacher_logits=self.teacher_logits[keep],
+            target=self.target[keep],
+            student_features={k: v[keep] for k, v in self.student_features.items()},
+            teacher_features={k: v[keep] for k, v in self.teacher_features.items()},
+        )
+
 
 class DistillationLoss(nn.Module):
     """Base class of the loss plug-ins.
 
     A plug-in names the features it needs (dotted module paths of the student and the teacher), may own trainable
     parts (projectors, regressors; optimised together with the student) and buffers (cost kernels), and maps a
-    :class:`DistillationContext` to a dict of weighted scalar terms.
+    :class:`DistillationContext` to a dict of raw scalar terms (before the weight, which :func:`plugin_terms`
+    applies).
 
     Args:
         weight: the base weight of the plug-in's main term (γ for WKD-L, the WKD-F weight, α for KD, ...).
@@ -67,8 +84,8 @@ class DistillationLoss(nn.Module):
     name: str = "loss"
     #: Whether the plug-in needs a teacher; the module refuses to start without one when this is set.
     requires_teacher: bool = True
-    #: The terms that the plug-in returns without its scheduled weight (WKD-L's target term ``L_t``); every other term
-    #: must be ``scheduled_weight(ctx) · <unweighted term>``.
+    #: The terms that enter the loss without the plug-in's weight (WKD-L's target term ``L_t``); every other term is
+    #: multiplied by :meth:`scheduled_weight` in :func:`plugin_terms`.
     unweighted_terms: tuple[str, ...] = ()
 
     def __init__(self, weight: float = 1.0, schedule: WeightSchedule | None = None) -> None:
@@ -95,14 +112,11 @@ class DistillationLoss(nn.Module):
         """
 
     def scheduled_weight(self, ctx: DistillationContext) -> float:
-        """The weight at the context's epoch: ``weight · c(e)`` (1 while :func:`plugin_terms` applies it itself)."""
-        if getattr(self, "_weight_applied_outside", False):
-            if not torch.compiler.is_compiling():  # noted on eager calls only: no side effect in a compiled graph
-                self._reads_weight = True
-            return 1.0
+        """``w = weight · c(e)``, the plug-in's weight at the context's epoch (a Python number)."""
         return self.weight * self.schedule(ctx.epoch, ctx.max_epochs)
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:  # pragma: no cover - interface
+        """The plug-in's raw terms on ``ctx``, by name, before its weight."""
         raise NotImplementedError
 
     def require_teacher_logits(self, ctx: DistillationContext) -> Tensor:
@@ -202,22 +216,37 @@ def keyed_loss_configs(losses: Mapping | Sequence | None) -> dict:
     return keyed
 
 
-def plugin_terms(
-    losses: Iterable[DistillationLoss],
-    ctx: DistillationContext,
-    *,
-    checked: bool = True,
-    unweighted: dict[str, Tensor] | None = None,
-    weights: dict[str, float] | None = None,
-) -> dict[str, Tensor]:
-    """Every plug-in's weighted terms on ``ctx``, keyed ``<plug-in name>/<term>`` (the names logged under
-    ``train/loss/``).
+@dataclass
+class Terms:
+    """A step's loss terms, keyed ``<name>/<term>`` (the names logged under ``train/loss/``).
 
-    Each plug-in runs with its scheduled weight read as 1 (:meth:`DistillationLoss.scheduled_weight`), so it returns
-    its terms before the weight; the weight ``w = weight · c(e)`` is then applied here to every term but the plug-in's
-    ``unweighted_terms``. The weighted values are those of a plain call (``w · x`` either way). A plug-in that never
-    asks for its scheduled weight (one that applies ``self.weight`` itself, say) is taken to return weighted terms, as
-    they are: it has no unweighted terms or weight to report.
+    Attributes:
+        weighted: each term as it enters the summed loss ``L``.
+        raw: each term before its weight.
+        weights: each weight, keyed by plug-in (or task-loss) name.
+    """
+
+    weighted: dict[str, Tensor] = field(default_factory=dict)
+    raw: dict[str, Tensor] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, raw: Tensor, weight: float) -> None:
+        """Add the task-loss term ``name`` as ``weight · raw``."""
+        self.weighted[name], self.raw[name], self.weights[name] = weight * raw, raw, weight
+
+    def update(self, other: Terms) -> None:
+        """Append ``other``'s terms and weights (after this one's, in the order they are summed)."""
+        self.weighted.update(other.weighted)
+        self.raw.update(other.raw)
+        self.weights.update(other.weights)
+
+
+def plugin_terms(losses: Iterable[DistillationLoss], ctx: DistillationContext, *, checked: bool = True) -> Terms:
+    """Every plug-in's terms on ``ctx``, raw and weighted: the one place where plug-in weights are applied.
+
+    Each plug-in returns its raw terms; every term but the plug-in's ``unweighted_terms`` is then multiplied by
+    ``w = weight · c(e)`` (:meth:`DistillationLoss.scheduled_weight`, a Python number, so ``w · term`` is one
+    scalar multiplication).
 
     Args:
         losses: the plug-ins.
@@ -225,34 +254,20 @@ def plugin_terms(
         checked: run the plug-ins' value checks, eagerly (a plug-in compiled with ``nn.Module.compile`` runs its
             eager code, hooks included); ``False`` skips them (:func:`~wkd_lightning.losses.checks.deferred_checks`)
             and runs the plug-ins as they are, compiled or not.
-        unweighted: filled, when given, with each term before its weight, under the same keys.
-        weights: filled, when given, with each plug-in's weight ``w`` at this epoch, keyed by plug-in name.
+
+    Returns:
+        The terms keyed ``<plug-in name>/<term>``, and each plug-in's weight ``w`` keyed by its name.
     """
     eager = torch.compiler.set_stance("force_eager") if checked else nullcontext()
-    terms = {}
+    terms = Terms()
     with deferred_checks(not checked), eager:
         for loss in losses:
             weight = loss.scheduled_weight(ctx)
-            loss._weight_applied_outside = True
-            try:
-                raw = loss(ctx)
-            finally:
-                loss._weight_applied_outside = False
-            # Whether the plug-in asks for its weight is seen on eager calls (a checked call always is one); compiled
-            # calls keep what was seen.
-            asked = loss.__dict__.pop("_reads_weight", False)
-            if asked or checked:
-                loss._weighted = asked
-            if not getattr(loss, "_weighted", True):
-                terms.update({f"{loss.name}/{key}": value for key, value in raw.items()})
-                continue
-            if weights is not None:
-                weights[loss.name] = weight
-            for key, value in raw.items():
+            terms.weights[loss.name] = weight
+            for key, value in loss(ctx).items():
                 name = f"{loss.name}/{key}"
-                terms[name] = value if key in loss.unweighted_terms else weight * value
-                if unweighted is not None:
-                    unweighted[name] = value
+                terms.raw[name] = value
+                terms.weighted[name] = value if key in loss.unweighted_terms else weight * value
     return terms
 
 

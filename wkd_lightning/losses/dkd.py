@@ -79,7 +79,7 @@ def dkd_loss(
 
 
 class DKD(DistillationLoss):
-    """DKD plug-in: ``{"tckd": c(e)·w·α·TCKD, "nckd": c(e)·w·β·NCKD}`` with a linear warm-up ``c(e)``.
+    """DKD plug-in: ``{"tckd": α·TCKD, "nckd": β·NCKD}``, each entering the loss times ``w·c(e)``, a linear warm-up.
 
     Soft (B×C) labels are reduced to their argmax.
 
@@ -112,8 +112,7 @@ class DKD(DistillationLoss):
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
         teacher_logits = self.require_teacher_logits(ctx)
         tckd, nckd = dkd_loss(ctx.student_logits, teacher_logits, ctx.target, self.alpha, self.beta, self.temperature)
-        factor = self.scheduled_weight(ctx)
-        return {"tckd": factor * tckd, "nckd": factor * nckd}
+        return {"tckd": tckd, "nckd": nckd}
 
     def extra_repr(self) -> str:
         return (

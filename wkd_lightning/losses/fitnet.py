@@ -29,7 +29,7 @@ def fitnet_loss(regressed_student: Tensor, teacher: Tensor) -> Tensor:
 
 
 class FitNet(ProjectedFeatureLoss):
-    """FitNet plug-in: ``{"hint": w(e) · MSE(r(F_s), F_t)}``.
+    """FitNet plug-in: ``{"hint": MSE(r(F_s), F_t)}``, entering the loss as ``w(e) · hint``.
 
     Args:
         student_path: dotted module path of the student's guided layer.
@@ -51,4 +51,4 @@ class FitNet(ProjectedFeatureLoss):
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
         regressed, teacher = self.project(ctx)
-        return {"hint": self.scheduled_weight(ctx) * fitnet_loss(regressed, teacher)}
+        return {"hint": fitnet_loss(regressed, teacher)}

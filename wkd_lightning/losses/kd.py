@@ -27,7 +27,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 
 
 class KD(DistillationLoss):
-    """KD plug-in: ``weight · kd_loss(z_s, z_t, T)``.
+    """KD plug-in: ``{"kl": kd_loss(z_s, z_t, T)}``, entering the loss as ``w(e) · kl``.
 
     Args:
         temperature: the softening temperature ``T``.
@@ -43,4 +43,4 @@ class KD(DistillationLoss):
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
         teacher_logits = self.require_teacher_logits(ctx)
-        return {"kl": self.scheduled_weight(ctx) * kd_loss(ctx.student_logits, teacher_logits, self.temperature)}
+        return {"kl": kd_loss(ctx.student_logits, teacher_logits, self.temperature)}

@@ -153,7 +153,7 @@ class ProjectedFeatureLoss(DistillationLoss):
         student_path: dotted module path of the student feature map ``F_s``.
         teacher_path: dotted module path of the teacher feature map ``F_t``.
         projector: projector kind, one of :data:`PROJECTOR_KINDS`.
-        weight: the plug-in's base weight.
+        weight: the plug-in's base weight (applied to its terms by the module, not by the plug-in).
         schedule: optional epoch schedule of the weight.
     """
 

@@ -199,7 +199,8 @@ def gaussian_wd_full_cov(student_feat: Tensor, teacher_feat: Tensor, grid: int =
 
 
 class WKDFeature(ProjectedFeatureLoss):
-    """WKD-F plug-in: ``w_f(e) · (ρ · L_mean + L_std)`` between the projected student map and the teacher map.
+    """WKD-F plug-in: ``{"feat": ρ · L_mean + L_std}`` between the projected student map and the teacher map,
+    entering the loss times ``w_f(e)``.
 
     The student map ``F_s`` (at ``student_path``) goes through a trainable projector (created by :meth:`build` from
     the example shapes) to the teacher map's shape; then :func:`gaussian_wd_loss` (or
@@ -252,7 +253,7 @@ class WKDFeature(ProjectedFeatureLoss):
         projected, teacher = self.project(ctx)
         distance = gaussian_wd_loss if self.covariance == "diagonal" else gaussian_wd_full_cov
         loss_mean, loss_cov = distance(projected, teacher, self.grid)
-        return {"feat": self.scheduled_weight(ctx) * (self.mean_weight * loss_mean + loss_cov)}
+        return {"feat": self.mean_weight * loss_mean + loss_cov}
 
     def extra_repr(self) -> str:
         return (

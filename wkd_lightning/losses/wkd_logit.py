@@ -126,7 +126,7 @@ def wkd_logit_loss(
 
 
 class WKDLogit(DistillationLoss):
-    """WKD-L plug-in: returns ``{"target": L_t, "wd": γ·c(e)·W}`` (SPEC §1).
+    """WKD-L plug-in: returns ``{"target": L_t, "wd": W}``, entering the loss as ``L_t + γ·c(e)·W`` (SPEC §1).
 
     The category cost is sharpened once when it is set, and one shared kernel ``K = exp(−M/ε)`` and ``K∘M`` are kept
     as non-persistent buffers (derived from the configuration, so they are not saved in checkpoints and follow the
@@ -246,7 +246,7 @@ class WKDLogit(DistillationLoss):
                 self.sinkhorn_iters,
                 stable=self._stable,
             )
-        return {"target": l_t, "wd": self.scheduled_weight(ctx) * w}
+        return {"target": l_t, "wd": w}
 
     def extra_repr(self) -> str:
         return (

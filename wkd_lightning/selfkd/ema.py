@@ -43,7 +43,7 @@ class EMATeacher(OnlineTeacher):
     def cost_network(self, student: nn.Module) -> nn.Module:
         return self._ema().model
 
-    def forward(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, None]:
+    def targets(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, None]:
         return self._ema()(x), None
 
     @torch.no_grad()

@@ -1,14 +1,9 @@
 """Online teachers: soft targets made from the student itself while it trains (SPEC §7, no pretrained model).
 
 An :class:`OnlineTeacher` is handed to :class:`~wkd_lightning.module.DistillationModule` as ``online_teacher`` instead
-of a ``teacher``/``teacher_weights`` pair. The module drives it through these calls, in this order:
-
-1. :meth:`~OnlineTeacher.attach` once at construction: build what it needs from the student and check the losses;
-2. :meth:`~OnlineTeacher.prepare_state` before a checkpoint's state dict is loaded (to size lazy buffers);
-3. :meth:`~OnlineTeacher.start` at the start of every fit (checks the training set);
-4. :meth:`~OnlineTeacher.refresh_costs` at the start of every training epoch (the WKD-L cost, see below);
-5. per training step: ``forward(x, index)`` for the teacher logits, :meth:`~OnlineTeacher.observe` with the student's
-   logits once the losses are computed, and :meth:`~OnlineTeacher.after_optimizer_step` after the optimizer step.
+of a ``teacher``/``teacher_weights`` pair. It answers the same :class:`~wkd_lightning.teacher.Teacher` interface as a
+pretrained teacher (attach, prepare_state, start, refresh_costs, targets, observe, after_optimizer_step), so the
+module drives both alike; an online teacher fills in the calls that are no-ops for a pretrained one.
 
 Unlike a pretrained teacher, an online teacher's state (an EMA copy, stored predictions) cannot be rebuilt from any
 file, so it is saved in the module's checkpoints under ``online_teacher.`` (the ``teacher.`` prefix stays reserved for
@@ -24,18 +19,18 @@ cost as an uninterrupted one. Without ``refresh_cost`` the WKD-L plug-in keeps i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from wkd_lightning.ir.methods import classifier_cosine, final_linear
 from wkd_lightning.losses.base import DistillationLoss
+from wkd_lightning.teacher import Teacher
 
 CLASSIFIER_HINT = "set the online teacher's `classifier` to the path of its final layer, or refresh_cost to false."
 
 
-class OnlineTeacher(nn.Module):
+class OnlineTeacher(Teacher):
     """Base class of the teachers made from the student during training.
 
     Args:
@@ -44,7 +39,8 @@ class OnlineTeacher(nn.Module):
         classifier: dotted path of the final ``nn.Linear`` in the student (``fc``); default: its last ``nn.Linear``.
     """
 
-    #: Whether ``forward`` needs each sample's index in the training set (batches ``(x, y, index)``).
+    slot = "online_teacher"
+    #: Whether :meth:`targets` needs each sample's index in the training set (batches ``(x, y, index)``).
     requires_index: bool = False
 
     def __init__(self, refresh_cost: bool = True, classifier: str | None = None) -> None:
@@ -81,12 +77,6 @@ class OnlineTeacher(nn.Module):
                 )
             self._classifier(student)  # fail now, not at the first epoch
 
-    def prepare_state(self, state: Mapping[str, Tensor], prefix: str) -> None:
-        """Make the buffers that ``state`` (a module state dict; own keys start with ``prefix``) will be loaded into."""
-
-    def start(self, *, num_samples: int | None, num_classes: int, world_size: int, device: torch.device) -> None:
-        """Check the training set (``num_samples``: its length, if known) at the start of fit."""
-
     def cost_network(self, student: nn.Module) -> nn.Module:
         """The network whose classifier defines the refreshed WKD-L cost (the teacher's, as of now)."""
         return student
@@ -104,21 +94,6 @@ class OnlineTeacher(nn.Module):
                 if cost is None:
                     cost = classifier_cosine(self._classifier(self.cost_network(student)))
                 loss.set_cost(cost)
-
-    def forward(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Teacher logits for the batch ``x`` (B×C, no grad) and which samples have one (``None``: all of them).
-
-        Args:
-            x: the inputs of the batch.
-            index: each sample's index in the training set, or ``None`` when the batches carry none.
-        """
-        raise NotImplementedError
-
-    def observe(self, index: Tensor | None, student_logits: Tensor) -> None:
-        """See the student's (detached) logits of the batch after the losses are computed."""
-
-    def after_optimizer_step(self, student: nn.Module) -> None:
-        """Follow the student after each optimizer step."""
 
 
 def _own_cost(loss: DistillationLoss) -> str | None:

@@ -69,7 +69,7 @@ class PreviousEpochTeacher(OnlineTeacher):
                 "classes. Resume only with the same training set (same train_size/val_size/seed), or start a new run."
             )
 
-    def forward(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
+    def targets(self, x: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
         index = self._check_index(index)
         return self.logits[index], self.seen[index]
 
