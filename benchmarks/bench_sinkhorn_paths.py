@@ -24,7 +24,11 @@ ratios come from that run); at C = 21,841 one step per variant (each takes minut
 one after the other. The fp64 path at C = 21,841 needs three fp64 ``C×C`` matrices (11.4 GB) and runs only with
 ``--fp64-large``.
 
-Run::
+The measurement decided the issue: the hand-written backward and the fp64 path were removed after it (the reasons are
+in :mod:`wkd_lightning.losses.sinkhorn`), so the script runs at commit :data:`MEASURED_AT`, where all three paths
+exist, and stops with that hint at later ones. The committed results are from that commit.
+
+Run (at that commit, e.g. ``git worktree add /tmp/sinkhorn-paths 3dffa12``)::
 
     .venv/bin/python benchmarks/bench_sinkhorn_paths.py            # writes benchmarks/results/sinkhorn_paths.{json,md}
     .venv/bin/python benchmarks/bench_sinkhorn_paths.py --small    # C = 1,000 only
@@ -48,6 +52,8 @@ BATCH = 256
 SMALL, LARGE = 1000, 21841
 VARIANTS = ["handwritten", "autograd", "fp64-logscaled"]
 EPS, ITERS, TEMPERATURE, KAPPA = 0.05, 10, 2.0, 1.0
+#: The last commit with all three Sinkhorn paths, on which the committed results were measured.
+MEASURED_AT = "3dffa12"
 
 
 def _rss_mib(field: str) -> float:
@@ -222,6 +228,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for sinkhorn_paths.json and .md")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from wkd_lightning.losses import sinkhorn
+
+    if not hasattr(sinkhorn, "sinkhorn_cost_stable"):
+        parser.exit(
+            2,
+            f"{parser.prog}: the paths this benchmark compares were removed after it decided between them; run it at "
+            f"commit {MEASURED_AT} (git worktree add /tmp/sinkhorn-paths {MEASURED_AT}).\n",
+        )
     if args.worker:
         kind, variant, num_classes, repeats = args.worker[0], args.worker[1], int(args.worker[2]), int(args.worker[3])
         result = interleaved(BATCH, num_classes, repeats) if kind == "interleaved" else None
