@@ -10,14 +10,12 @@ respect to the student logits, on the CPU, for (B, C) = (64, 100) and (256, 1000
 * ``fast``: :func:`wkd_lightning.losses.wkd_logit_loss` (builds the shared ``C×C`` kernel on every call);
 * ``plugin``: :class:`wkd_lightning.losses.WKDLogit`, which keeps the kernel as a buffer (what training uses).
 
-Two ablations of the plugin's Sinkhorn backward (the plugin's ``sinkhorn_cost`` swapped in the worker process):
+One ablation of the plugin's Sinkhorn backward (the plugin's ``sinkhorn_cost`` swapped in the worker process):
+``plugin-autograd``, plain autograd through the unrolled iterations written out here. The committed results compare
+it with the hand-written backward the plugin had then (and its ``recompute`` option); both were removed after
+``benchmarks/bench_sinkhorn_paths.py``, so at later commits the two variants run the same path.
 
-* ``plugin-autograd``: plain autograd through the unrolled iterations (the implementation before the hand-written
-  backward of :func:`wkd_lightning.losses.sinkhorn.sinkhorn_cost`);
-* ``plugin-recompute``: the hand-written backward with ``recompute=True`` (saves the ``D_k`` only and recomputes the
-  ``E_k`` by a matmul).
-
-Their times against ``plugin`` are also measured in one process, alternating the three variants step by step
+Their times against ``plugin`` are also measured in one process, alternating the variants step by step
 (``3 × --repeats`` rounds), so that the ratios are not skewed by load that changes between subprocesses.
 
 Each (method, case) runs in a fresh subprocess so that memory figures do not mix. Peak memory is the increase of the
@@ -50,11 +48,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = [(64, 100), (256, 1000)]
-METHODS = ["per-sample", "per-sample-batched", "fast", "plugin", "plugin-autograd", "plugin-recompute"]
+METHODS = ["per-sample", "per-sample-batched", "fast", "plugin", "plugin-autograd"]
 BASELINES = ["per-sample", "per-sample-batched"]
 FAST = ["fast", "plugin"]
 #: Sinkhorn backward variants of the plugin, compared against the first (plain autograd).
-VARIANTS = ["plugin-autograd", "plugin", "plugin-recompute"]
+VARIANTS = ["plugin-autograd", "plugin"]
 TEMPERATURE = 2.0
 TARGETS = {(64, 100): {"speedup": 10.0}, (256, 1000): {"speedup": 100.0, "memory_ratio": 100.0}}
 
@@ -67,8 +65,6 @@ def _peak_rss_mib() -> float:
 
 def _use_sinkhorn_backward(variant: str) -> None:
     """Make :class:`WKDLogit` use the Sinkhorn backward of ``variant`` (one of :data:`VARIANTS`) in this process."""
-    import functools
-
     import wkd_lightning.losses.wkd_logit as wkd_logit_module
     from wkd_lightning.losses.sinkhorn import sinkhorn_cost, sinkhorn_scalings
 
@@ -76,11 +72,7 @@ def _use_sinkhorn_backward(variant: str) -> None:
         u, v = sinkhorn_scalings(a, b, u0, kernel, iters, **kwargs)
         return (u * (v @ kernel_cost.t())).sum(dim=1)
 
-    wkd_logit_module.sinkhorn_cost = {
-        "plugin-autograd": autograd_cost,
-        "plugin": sinkhorn_cost,
-        "plugin-recompute": functools.partial(sinkhorn_cost, recompute=True),
-    }[variant]
+    wkd_logit_module.sinkhorn_cost = {"plugin-autograd": autograd_cost, "plugin": sinkhorn_cost}[variant]
 
 
 def _inputs(batch: int, num_classes: int):

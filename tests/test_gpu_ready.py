@@ -198,7 +198,7 @@ def test_compiled_steps_equal_the_eager_steps(quick_compile) -> None:
 
 @pytest.mark.slow
 def test_compiled_steps_with_the_default_compiler() -> None:
-    """The real ``--model.compile true``: inductor kernels for the student, the teacher, WKD-L (its hand-written
+    """The real ``--model.compile true``: inductor kernels for the student, the teacher, WKD-L (its unrolled
     Sinkhorn backward included) and WKD-F. Fused kernels sum in other orders: the losses agree to ~1e-6, but after two
     optimizer steps the gradients differ by ~0.5 % (measured, relative 2-norm; the first convolution's dominates),
     round-off amplified through BatchNorm on a batch of 8. WKD-L alone is compared tightly under inductor in

@@ -2,10 +2,11 @@
 
 Ranges covered: logits up to ±1e4 in fp32, bf16 or fp16 (also under bf16 autocast, where the losses must still
 compute in fp32); τ in [0.5, 16]; C in {2, 3, 10, 100, 1000}; near-one-hot teachers and students; costs with entries
-up to 10, sharpened (κ = 1) or not (κ = 0: at ε = 0.05 the kernel ``exp(−M/ε)`` then underflows in fp32, which
-switches WKD-L to its fp64 log-scaled Sinkhorn); constant (zero-variance) and rank-deficient feature maps for WKD-F,
-diagonal and full covariance. Where the released algorithm is well defined, WKD-L also has to agree with the fp64
-per-sample reference, so staying finite never comes from changing the numbers.
+up to 30, sharpened (κ = 1) or not (κ = 0: at ε = 0.05 the kernel ``exp(−M/ε)`` then underflows in fp32, up to
+``max M/ε`` = 600, and the one fp32 Sinkhorn path must still give the released values); constant (zero-variance)
+and rank-deficient feature maps for WKD-F, diagonal and full covariance. Where the released algorithm is well
+defined, WKD-L also has to agree with the fp64 per-sample reference, so staying finite never comes from changing the
+numbers.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def logit_problems(draw: st.DrawFn, classes: tuple[int, ...] = (2, 3, 10, 100, 1
     batch = draw(st.integers(1, 2 if num_classes == 1000 else 8))
     scale = draw(_log_uniform(1e-2, MAX_SCALE))
     dtype = DTYPES[draw(st.sampled_from(sorted(DTYPES)))]
-    cost_max = draw(st.floats(0.0, 10.0))
+    cost_max = draw(st.floats(0.0, 30.0))
     cost_kind = draw(st.sampled_from(["random", "uniform", "one-far-class"]))
     teacher_kind = draw(st.sampled_from(["random", "one-hot", "one-hot-on-target"]))
     student_kind = draw(st.sampled_from(["random", "one-hot", "one-hot-on-target", "negative-on-target"]))
@@ -133,10 +134,11 @@ def test_wkd_logit_is_finite_with_finite_gradient(problem: LogitProblem, plugin:
 def test_wkd_logit_keeps_the_released_values(problem: LogitProblem) -> None:
     """``W`` and its gradient equal the released per-sample algorithm run in fp64 on the same inputs.
 
-    fp64 represents every kernel entry drawn here (``exp(−10/0.05)`` ≈ 1e-87), so the reference is the released
-    iteration without underflow. The fp32 plain path and the fp64 log-scaled path must both reproduce it; the
-    tolerances cover fp32 round-off, which the ten unconverged iterations amplify in the gradient (measured: ≤ 2e-5
-    relative on ``W``, ≤ 4e-3 of the largest gradient entry on 5000 random draws).
+    fp64 represents every kernel entry drawn here (``exp(−30/0.05)`` ≈ 3e-261), so the reference is the released
+    iteration without underflow. The fp32 path, whose kernel loses the entries below ≈ 1.2e-38, must reproduce it;
+    the tolerances cover fp32 round-off, which the ten unconverged iterations amplify in the gradient (measured on
+    1000 draws of this strategy, 196 of them with a kernel that underflows in fp32: ≤ 5e-6 relative on ``W``, ≤ 3e-3
+    of the largest gradient entry; earlier, with costs up to 10, 5000 draws: ≤ 2e-5 and ≤ 4e-3).
     """
     w = wkd_logit_loss(problem.student, problem.teacher, problem.target, problem.sharpened_cost(), problem.temperature)[
         1

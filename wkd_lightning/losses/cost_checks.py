@@ -1,6 +1,6 @@
-"""Checks of a WKD-L category cost ``D`` (SPEC §1.3): its shape, that it means a distance, that it was computed for
-the data's classes, and that ``exp(−M/ε)`` can be represented. Shape checks are free; the others read values and run
-once, when a cost is set or at set-up, never in the steps (:func:`~wkd_lightning.losses.checks.values_checked`).
+"""Checks of a WKD-L category cost ``D`` (SPEC §1.3): its shape, that it means a distance, and that it was computed
+for the data's classes. Shape checks are free; the others read values and run once, when a cost is set or at set-up,
+never in the steps (:func:`~wkd_lightning.losses.checks.values_checked`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import torch
 from torch import Tensor
 
 from wkd_lightning.losses.checks import values_checked
-
-#: Largest ``max(M)/ε`` the stabilised Sinkhorn path accepts: ``exp(−650)`` ≈ 5e-283 is still a normal fp64 number, and
-#: the ``1/x`` factors of its backward pass (``≤ e^650``) leave a wide margin below the fp64 maximum (≈ 1.8e308).
-MAX_STABLE_COST_OVER_EPS = 650.0
 
 
 def check_cost_size(cost_classes: int, num_classes: int, owner: str) -> None:
@@ -138,28 +134,3 @@ def check_costs_fit_data(losses: Iterable, datamodule: object) -> None:
 def _first(names: Sequence[str], count: int = 5) -> str:
     shown = ", ".join(map(repr, names[:count]))
     return f"[{shown}{', ...' if len(names) > count else ''}]" if names else "none"
-
-
-def check_stable_range(cost: Tensor, eps: float, owner: str) -> None:
-    """Raise if ``max(M)/ε`` exceeds :data:`MAX_STABLE_COST_OVER_EPS`, where even float64 cannot hold the kernel.
-
-    A value check (the WKD-L plug-in runs it once, when its cost is set).
-
-    Args:
-        cost: ``M``, C×C.
-        eps: ``ε``.
-        owner: the caller, for the message.
-
-    Raises:
-        ValueError: naming the ratio, the cost maximum and ``ε``, and what to change.
-    """
-    if not values_checked():
-        return
-    high = float(cost.detach().max())
-    ratio = high / eps
-    if ratio > MAX_STABLE_COST_OVER_EPS:
-        raise ValueError(
-            f"{owner}: max(cost)/eps = {high:.4g}/{eps:g} = {ratio:.4g} exceeds {MAX_STABLE_COST_OVER_EPS:g}; "
-            "exp(-cost/eps) cannot be represented even in float64. Sharpen the cost (kappa > 0 maps it into [0, 1)), "
-            "rescale it, or use a larger sinkhorn_eps."
-        )

@@ -22,14 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wkd_lightning.losses.base import DistillationContext, DistillationLoss
-from wkd_lightning.losses.checks import (
-    assert_on_device,
-    check_logits,
-    check_number,
-    check_wkd_logit_hparams,
-    class_indices,
-    values_checked,
-)
+from wkd_lightning.losses.checks import check_logits, check_number, check_wkd_logit_hparams, class_indices
 from wkd_lightning.losses.cost import (  # noqa: F401 -- re-exported: the cost helpers used to live here
     COST_FLOOR,
     compute_dtype,
@@ -41,14 +34,7 @@ from wkd_lightning.losses.cost import (  # noqa: F401 -- re-exported: the cost h
 )
 from wkd_lightning.losses.cost_checks import check_cost, check_cost_meaning, check_cost_size
 from wkd_lightning.losses.schedule import WeightSchedule
-from wkd_lightning.losses.sinkhorn import (
-    check_stable_range,
-    gibbs_kernel,
-    initial_scaling,
-    kernel_underflows,
-    sinkhorn_cost,
-    sinkhorn_cost_stable,
-)
+from wkd_lightning.losses.sinkhorn import gibbs_kernel, initial_scaling, sinkhorn_cost
 
 
 def wkd_logit_loss(
@@ -60,16 +46,12 @@ def wkd_logit_loss(
     *,
     sinkhorn_eps: float = 0.05,
     sinkhorn_iters: int = 10,
-    stable: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The two WKD-L terms ``(L_t, W)`` (SPEC §1), both batch means, computed in fp32 even under autocast.
 
-    Gradients flow into the student logits only. When ``exp(−M/ε)`` underflows in fp32 (``max M/ε ≳ 87``, e.g.
-    unsharpened costs above ≈ 4.4 at ``ε = 0.05``) the Sinkhorn iterations switch automatically to the fp64
-    log-scaled form of :func:`~wkd_lightning.losses.sinkhorn.sinkhorn_cost_stable`, which computes the same value.
-    Deciding that reads the cost (one host synchronisation); where values are not read (under ``torch.compile`` or
-    :func:`~wkd_lightning.losses.checks.deferred_checks`) the plain form is used and a device-side assert stops a cost
-    that would need the other one: pass ``stable`` to choose.
+    Gradients flow into the student logits only. One Sinkhorn path for every finite cost: where ``exp(−M/ε)``
+    underflows in fp32 (``max M/ε ≳ 87``, e.g. unsharpened costs above ≈ 4.4 at ``ε = 0.05``) the released ``+1e-8``
+    terms keep the lost entries below round-off (see :mod:`wkd_lightning.losses.sinkhorn`).
 
     Args:
         student_logits: ``z_s``, B×C.
@@ -79,8 +61,6 @@ def wkd_logit_loss(
         temperature: ``τ`` of the non-target distributions (> 0).
         sinkhorn_eps: entropic regularisation ``ε`` (> 0).
         sinkhorn_iters: number of Sinkhorn iterations (≥ 1; the release uses 10).
-        stable: force the fp64 log-scaled iterations (``True``) or the plain fp32 ones (``False``); ``None``: by the
-            cost, as above.
 
     Returns:
         ``(L_t, W)``: the target term at temperature 1 and the mean non-target transport cost, fp32 scalars.
@@ -88,8 +68,7 @@ def wkd_logit_loss(
     Raises:
         ValueError: on non-2-D or mismatched logits, fewer than 2 classes, NaN/inf logits (naming the side), labels
             of the wrong shape or outside ``[0, C)``, a cost that is not a finite C×C matrix, a non-positive
-            ``temperature``/``sinkhorn_eps``, ``sinkhorn_iters < 1``, or a cost too large for ``sinkhorn_eps`` even
-            in float64 (``max M/ε`` > 650).
+            ``temperature``/``sinkhorn_eps``, or ``sinkhorn_iters < 1``.
     """
     name = "wkd_logit_loss"
     check_wkd_logit_hparams(temperature, sinkhorn_eps, sinkhorn_iters, name)
@@ -100,28 +79,8 @@ def wkd_logit_loss(
     with torch.autocast(device_type=device.type, enabled=False):
         cost_m = positive_cost(cost.to(device=device, dtype=compute_dtype(student_logits)))
         kernel, kernel_cost = gibbs_kernel(cost_m, sinkhorn_eps)
-        if stable is None and values_checked():
-            stable = kernel_underflows(cost_m, sinkhorn_eps)
-        elif stable is None:
-            ratio = cost_m.max() / sinkhorn_eps
-            assert_on_device(
-                ratio <= -math.log(torch.finfo(torch.float32).tiny),
-                f"{name}: exp(-cost/eps) underflows in float32; pass stable=True when values are not read.",
-            )
-            stable = False
-        if stable:
-            check_stable_range(cost_m, sinkhorn_eps, name)
         return _wkd_logit_terms(
-            student_logits,
-            teacher_logits,
-            hard_target,
-            cost_m,
-            kernel,
-            kernel_cost,
-            temperature,
-            sinkhorn_eps,
-            sinkhorn_iters,
-            stable=stable,
+            student_logits, teacher_logits, hard_target, kernel, kernel_cost, temperature, sinkhorn_iters
         )
 
 
@@ -173,7 +132,6 @@ class WKDLogit(DistillationLoss):
         self.register_buffer("cost_matrix", None, persistent=False)
         self.register_buffer("kernel", None, persistent=False)
         self.register_buffer("kernel_cost", None, persistent=False)
-        self._stable = False
         #: The class names stored with a cost file (``wkd-ir`` writes them); checked against the data's at set-up.
         self.cost_class_names: list[str] | None = None
         if isinstance(cost, Tensor):
@@ -203,9 +161,8 @@ class WKDLogit(DistillationLoss):
                 sharpened here with ``κ`` (like a tensor passed to ``__init__``).
 
         Raises:
-            ValueError: if ``cost`` is not a finite square matrix of size >= 2, is no distance (negative entries, a
-                similarity matrix), or is too large for ``sinkhorn_eps`` even in float64 (checked here, so a bad
-                configuration fails when the loss is made, not mid-run).
+            ValueError: if ``cost`` is not a finite square matrix of size >= 2 or is no distance (negative entries, a
+                similarity matrix); checked here, so a bad configuration fails when the loss is made, not mid-run.
         """
         name = f"{type(self).__name__}.set_cost"
         cost = check_cost(cost.detach().float(), None, name)
@@ -216,11 +173,7 @@ class WKDLogit(DistillationLoss):
         with torch.no_grad():
             cost_m = positive_cost(cost.to(device))
             kernel, kernel_cost = gibbs_kernel(cost_m, self.sinkhorn_eps)
-        stable = kernel_underflows(cost_m, self.sinkhorn_eps)
-        if stable:
-            check_stable_range(cost_m, self.sinkhorn_eps, name)
         self.cost_matrix, self.kernel, self.kernel_cost = cost_m, kernel, kernel_cost
-        self._stable = stable
 
     def forward(self, ctx: DistillationContext) -> dict[str, Tensor]:
         student_logits = ctx.student_logits
@@ -238,13 +191,10 @@ class WKDLogit(DistillationLoss):
                 student_logits,
                 teacher_logits,
                 hard_target,
-                self.cost_matrix,
                 self.kernel,
                 self.kernel_cost,
                 self.temperature,
-                self.sinkhorn_eps,
                 self.sinkhorn_iters,
-                stable=self._stable,
             )
         return {"target": l_t, "wd": w}
 
@@ -259,22 +209,18 @@ def _wkd_logit_terms(
     student_logits: Tensor,
     teacher_logits: Tensor,
     hard_target: Tensor,
-    cost_m: Tensor,
     kernel: Tensor,
     kernel_cost: Tensor,
     temperature: float,
-    eps: float,
     iters: int,
-    *,
-    stable: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``(L_t, W)`` from validated inputs; must run with autocast disabled. ``cost_m`` is ``M`` (already positive)."""
+    """``(L_t, W)`` from validated inputs and the shared ``K``, ``K∘M``; must run with autocast disabled."""
     dtype = compute_dtype(student_logits)
     z_s = student_logits.to(dtype)
     z_t = teacher_logits.detach().to(dtype)
     device = z_s.device
-    if cost_m.device != device or cost_m.dtype != dtype:
-        cost_m, kernel, kernel_cost = (x.to(device=device, dtype=dtype) for x in (cost_m, kernel, kernel_cost))
+    if kernel.device != device or kernel.dtype != dtype:
+        kernel, kernel_cost = (x.to(device=device, dtype=dtype) for x in (kernel, kernel_cost))
     y = hard_target.to(device=device, dtype=torch.long).unsqueeze(1)
 
     # Target term at temperature 1: −mean_b p_t(y_b) · log p_s(y_b).
@@ -287,12 +233,7 @@ def _wkd_logit_terms(
     u0 = initial_scaling(mask, z_s.dtype)
     masked_s = (z_s / temperature).masked_fill(mask, -math.inf)
     masked_t = (z_t / temperature).masked_fill(mask, -math.inf)
-    if stable:
-        log_a = F.log_softmax(masked_s, dim=1)
-        log_b = F.log_softmax(masked_t, dim=1)
-        w = sinkhorn_cost_stable(log_a, log_b, u0, cost_m, eps, iters)
-    else:
-        a = F.softmax(masked_s, dim=1)
-        b = F.softmax(masked_t, dim=1)
-        w = sinkhorn_cost(a, b, u0, kernel, kernel_cost, iters)
+    a = F.softmax(masked_s, dim=1)
+    b = F.softmax(masked_t, dim=1)
+    w = sinkhorn_cost(a, b, u0, kernel, kernel_cost, iters)
     return l_t, w.mean()
