@@ -11,9 +11,9 @@ respect to the student logits, on the CPU, for (B, C) = (64, 100) and (256, 1000
 * ``plugin``: :class:`wkd_lightning.losses.WKDLogit`, which keeps the kernel as a buffer (what training uses).
 
 One ablation of the plugin's Sinkhorn backward (the plugin's ``sinkhorn_cost`` swapped in the worker process):
-``plugin-autograd``, plain autograd through the unrolled iterations written out here. The committed results compare
-it with the hand-written backward the plugin had then (and its ``recompute`` option); both were removed after
-``benchmarks/bench_sinkhorn_paths.py``, so at later commits the two variants run the same path.
+``plugin-autograd``, plain autograd through the unrolled iterations written out here, against the plug-in's
+hand-written backward. The committed results also show that backward's ``recompute`` option, removed after
+``benchmarks/bench_sinkhorn_paths.py`` (it saved little memory for its extra matmuls).
 
 Their times against ``plugin`` are also measured in one process, alternating the variants step by step
 (``3 × --repeats`` rounds), so that the ratios are not skewed by load that changes between subprocesses.
