@@ -27,7 +27,7 @@ from jsonargparse import DefaultHelpFormatter
 from wkd_lightning import models
 
 #: The shipped configs: ``configs/`` at the root of the repository (a source checkout or an editable install).
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 #: How jsonargparse names ``torch.nn.Module`` in a list of known subclasses.
 MODULE_BASE = "torch.nn.Module"
 #: Where a description taken from a config's comment is cut.
