@@ -279,10 +279,10 @@ def test_config_names_its_networks_data_and_run_directory(row):
         assert model["teacher"]["class_path"] == f"wkd_lightning.models.{row['teacher']}"
         assert model["teacher"]["init_args"]["num_classes"] == classes
         assert model["teacher_weights"] == PAIRS[(dataset, row["teacher"], row["student"])]
-    assert trainer["precision"] == "bf16-mixed"  # a documented deviation (README: fp16 + GradScaler in the release)
+    assert trainer["precision"] == "bf16-mixed"  # a documented deviation (docs: fp16 + GradScaler in the release)
     assert trainer["devices"] == 1  # batch_size is per device: the recipe's batch is the total
     assert trainer["default_root_dir"] == f"runs/{row['config']}"
-    assert cfg["seed_everything"] == 0  # a documented deviation (README: seeds 42 / 10 in the release)
+    assert cfg["seed_everything"] == 0  # a documented deviation (docs: seeds 42 / 10 in the release)
     data_class = {"cifar100": "CIFAR100DataModule", "imagenet": "ImageNetDataModule"}[dataset]
     assert data["class_path"] == f"wkd_lightning.data.{data_class}"
     assert data["init_args"]["data_dir"] == f"data/{dataset}"
@@ -395,9 +395,9 @@ def test_header_wkd_ir_commands_run(teacher_key, tmp_path, request):
         assert cost.shape == (classes, classes)
 
 
-def _readme_rows(header_start: str) -> list[list[str]]:
-    """The body rows of the README table whose header row starts with ``header_start``."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+def _docs_rows(header_start: str) -> list[list[str]]:
+    """The body rows of the table of the docs' *Paper scale* page whose header row starts with ``header_start``."""
+    lines = (ROOT / "docs" / "paper_scale.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
     for line in lines[start + 2 :]:
@@ -407,10 +407,10 @@ def _readme_rows(header_start: str) -> list[list[str]]:
     return rows
 
 
-def test_readme_reproduction_table_gives_every_paper_config_its_number_and_command():
-    """Every SPEC §5 row is in the README table with SPEC's values and published top-1, and the command runs its
-    config; the README's wkd-ir commands are the ones in the config headers (same argv)."""
-    rows = {row[0].strip("`"): row for row in _readme_rows("| config | γ | τ |")}
+def test_docs_reproduction_table_gives_every_paper_config_its_number_and_command():
+    """Every SPEC §5 row is in the docs' reproduction table with SPEC's values and published top-1, and the command
+    runs its config; the docs' wkd-ir commands are the ones in the config headers (same argv)."""
+    rows = {row[0].strip("`"): row for row in _docs_rows("| config | γ | τ |")}
     for spec in SPEC_TABLE:
         name = f"configs/{spec['dataset']}/{spec['method']}/{spec['teacher']}_{spec['student']}.yaml"
         assert name in rows, name
@@ -419,12 +419,12 @@ def test_readme_reproduction_table_gives_every_paper_config_its_number_and_comma
         assert cells[1:9] == ["–" if v is None else str(v) for v in expected], name
         assert float(cells[9]) == PUBLISHED[(spec["dataset"], spec["method"], spec["teacher"])], name
         assert cells[10] == f"`wkd fit -c {name}`"
-    readme_ir = {
+    docs_ir = {
         row[2].strip("`"): shlex.split(row[1].strip("`").removeprefix("wkd-ir "))
-        for row in _readme_rows("| teacher | command | writes |")
+        for row in _docs_rows("| teacher | command | writes |")
     }
     for dataset, teacher, student in PAIRS:
         path = config_file(f"{dataset}/wkd_l/{teacher}_{student}")
         (argv,) = ir_commands(path)
         writes = f"{build_parser().parse_args(argv).output_dir}/cka_paired.pt"
-        assert readme_ir[writes] == argv
+        assert docs_ir[writes] == argv

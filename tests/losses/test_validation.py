@@ -1,6 +1,6 @@
 """Bad arguments and bad inputs of every loss: each raises a ValueError (or FileNotFoundError) that names the argument
 or input, its value and the valid range, and says what to do. One table per kind of mistake; the test ids are the
-rows of the README's table of error messages."""
+rows of the table of error messages on the docs' Reliability page."""
 
 from __future__ import annotations
 
