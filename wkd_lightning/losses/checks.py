@@ -247,9 +247,3 @@ def check_grid_cells(shape: tuple[int, ...], grid: int, owner: str) -> None:
         f"into cells of a single pixel, whose std term is exactly 0 (no spatial variance): {fix}, or read the features "
         "at an earlier, larger stage (teacher_path/student_path)."
     )
-
-
-def assert_on_device(condition: Tensor, message: str) -> None:
-    """Fail if ``condition`` (a 0-d bool tensor) is false, without a host synchronisation (a device-side assert on a
-    GPU; under ``torch.compile`` an assert in the graph). For the checks that must hold where values are not read."""
-    torch._assert_async(condition, message)

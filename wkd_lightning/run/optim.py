@@ -1,6 +1,6 @@
-"""Schedules that follow the run length: ``--trainer.max_epochs 30`` on a config written for 15 epochs must not
-leave a cosine LR that reaches 0 at epoch 15 and climbs back, nor step milestones or a loss-weight decay placed for the
-shorter run.
+"""The recipes' optimizer (:class:`PaperSGD`) and the LR schedules that follow the run length:
+``--trainer.max_epochs 30`` on a config written for 15 epochs must not leave a cosine LR that reaches 0 at epoch 15
+and climbs back, nor step milestones or a loss-weight decay placed for the shorter run.
 
 * :class:`CosineAnnealingLR` takes ``T_max: max_epochs`` (the default): the cosine ends with the run. An integer pins
   it.
